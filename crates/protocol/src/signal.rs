@@ -1,0 +1,482 @@
+//! Signaling messages: JSON text frames between a peer and the supervisor.
+//!
+//! Each message is an object whose `"type"` names it; handshake messages keep
+//! the paper's names (Fig. 4). Unknown types and unknown keys are errors, and
+//! a message longer than [`MAX_SIGNAL_LEN`] is refused before it is parsed.
+//!
+//! Order of a session:
+//! ```text
+//! S: COLLECT_PEER_INFO_REQUEST        P: COLLECT_PEER_INFO_RESPONSE
+//! S: AUTHENTICATION_REQUEST           P: AUTHENTICATION_RESPONSE
+//! S: AUTHENTICATION_CHALLENGE_REQUEST P: AUTHENTICATION_CHALLENGE_RESPONSE
+//! S: AUTHENTICATED
+//! then any of ANNOUNCE_STREAM, LIST_STREAMS, JOIN_STREAM, LEAVE_STREAM,
+//! SIGNAL, REPORT_BAD_CHUNK from the peer, and RECONFIGURE, SIGNAL,
+//! STREAM_ENDED, ERROR from the supervisor.
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ComponentType, IntegrityMode, PeerId, StreamId, TopologyKind};
+
+/// Largest signaling message accepted (SDP with many candidates fits easily).
+pub const MAX_SIGNAL_LEN: usize = 64 * 1024;
+/// Longest stream name.
+pub const MAX_STREAM_NAME_LEN: usize = 128;
+
+/// Why a signaling message was rejected.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignalError {
+    /// The text is longer than [`MAX_SIGNAL_LEN`].
+    #[error("signaling message of {len} bytes exceeds the {max}-byte limit")]
+    Oversized {
+        /// Message length.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// Not valid JSON, an unknown type, a missing key, or a wrong value.
+    #[error("malformed signaling message: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// The JSON text is not an object.
+    #[error("malformed signaling message: expected a JSON object")]
+    NotAnObject,
+}
+
+/// A peer's self-reported capacity, used to place faster peers nearer the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capacity {
+    /// Upload bandwidth the peer offers for relaying (kbit/s, 0 = unknown).
+    pub upload_kbps: u32,
+    /// Round-trip time to the supervisor (ms, 0 = unknown).
+    pub rtt_ms: u32,
+}
+
+/// One stream as listed by the supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamInfo {
+    /// Stream id (carried in every chunk).
+    pub id: StreamId,
+    /// Human name, unique on a supervisor.
+    pub name: String,
+    /// Overlay kind.
+    pub topology: TopologyKind,
+    /// Chunk integrity mode.
+    pub integrity: IntegrityMode,
+    /// MIME type, e.g. `video/webm; codecs="vp8,opus"`.
+    pub media_type: String,
+    /// Receivers currently joined.
+    pub receivers: u32,
+}
+
+/// The complete set of links of one peer in its stream's overlay, as sent in
+/// `RECONFIGURE`. Primary links carry data; backup links are kept warm so a
+/// peer can switch at once when a parent dies.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Links {
+    /// Peers that feed this one (the root is the broadcaster's id).
+    pub parents: Vec<PeerId>,
+    /// Peers this one feeds.
+    pub children: Vec<PeerId>,
+    /// Peers that stand ready to feed this one if a parent fails.
+    pub backup_parents: Vec<PeerId>,
+    /// Peers this one stands ready to feed.
+    pub backup_children: Vec<PeerId>,
+    /// Mesh neighbours (undirected: both feed each other, duplicates dropped).
+    pub neighbours: Vec<PeerId>,
+}
+
+impl Links {
+    /// Every peer this one must hold a connection to.
+    pub fn all_peers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.parents
+            .iter()
+            .chain(&self.children)
+            .chain(&self.backup_parents)
+            .chain(&self.backup_children)
+            .chain(&self.neighbours)
+            .copied()
+    }
+}
+
+/// A WebRTC signaling payload relayed between two neighbours.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SignalPayload {
+    /// SDP offer.
+    Offer {
+        /// Session description.
+        sdp: String,
+    },
+    /// SDP answer.
+    Answer {
+        /// Session description.
+        sdp: String,
+    },
+    /// A trickled ICE candidate.
+    Candidate {
+        /// The candidate line (`candidate:...`).
+        candidate: String,
+        /// Media stream id tag, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sdp_mid: Option<String>,
+        /// Media line index, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sdp_mline_index: Option<u16>,
+    },
+}
+
+/// Machine-readable reason in an `ERROR` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The peer speaks another protocol version.
+    UnsupportedVersion,
+    /// Message not valid here (bad JSON, unknown key, wrong type).
+    Malformed,
+    /// A message that the current state does not expect.
+    OutOfOrder,
+    /// A handshake step took longer than its deadline.
+    Timeout,
+    /// The peer's key is not in the authorized list.
+    UnknownKey,
+    /// The key is authorized, but for another role.
+    WrongRole,
+    /// The challenge answer was wrong (or replayed from another connection).
+    BadAnswer,
+    /// The key's authorization was revoked.
+    Revoked,
+    /// No stream by that name.
+    StreamNotFound,
+    /// A stream by that name exists already.
+    StreamExists,
+    /// The request is not allowed to this peer (e.g. signaling a non-neighbour).
+    Forbidden,
+    /// The peer sends too fast.
+    RateLimited,
+    /// The supervisor is at a configured limit.
+    Overloaded,
+    /// The same peer id is connected already.
+    DuplicatePeer,
+    /// Too many bad chunks came from this peer: it was cut out of the topology.
+    Misbehaving,
+    /// The supervisor is shutting down.
+    ShuttingDown,
+}
+
+/// A message sent by the supervisor to a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "SCREAMING_SNAKE_CASE",
+    deny_unknown_fields
+)]
+#[non_exhaustive]
+pub enum SupervisorMessage {
+    /// Handshake step 1: who are you? Opens every session.
+    CollectPeerInfoRequest {
+        /// The supervisor's protocol version.
+        protocol_version: u8,
+    },
+    /// Handshake step 2: the supervisor's RSA public key (SPKI PEM), which the
+    /// peer checks against its trust bundle.
+    AuthenticationRequest {
+        /// Supervisor's public key.
+        public_key: String,
+    },
+    /// Handshake step 3: two random numbers, RSA-OAEP encrypted to the peer's key (base64).
+    AuthenticationChallengeRequest {
+        /// Encrypted nonce.
+        nonce: String,
+    },
+    /// Handshake done: the peer is AUTHENTICATED.
+    Authenticated {
+        /// The peer's id, as registered.
+        peer_id: PeerId,
+        /// How often the supervisor pings (ms).
+        heartbeat_interval_ms: u64,
+        /// Silence after which either side gives the other up (ms).
+        heartbeat_timeout_ms: u64,
+    },
+    /// Answer to `ANNOUNCE_STREAM`: the stream is live.
+    StreamAnnounced {
+        /// The stream.
+        stream: StreamInfo,
+        /// Per-stream secret (base64), for `hmac` tags.
+        stream_key: String,
+    },
+    /// Answer to `LIST_STREAMS`.
+    StreamList {
+        /// Live streams.
+        streams: Vec<StreamInfo>,
+    },
+    /// Answer to `JOIN_STREAM`.
+    StreamJoined {
+        /// The stream.
+        stream: StreamInfo,
+        /// Per-stream secret (base64).
+        stream_key: String,
+        /// The broadcaster's Ed25519 public key (base64) in `sign` mode.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signing_key: Option<String>,
+        /// The broadcaster's peer id (the root of the overlay).
+        broadcaster: PeerId,
+    },
+    /// Your links in the stream's overlay changed: here is the full new set.
+    Reconfigure {
+        /// Stream.
+        stream: StreamId,
+        /// Increases with every change of this stream's topology.
+        epoch: u64,
+        /// The full new link set of the addressee.
+        links: Links,
+    },
+    /// A signaling payload from a neighbour.
+    Signal {
+        /// Sender.
+        from: PeerId,
+        /// Payload.
+        payload: SignalPayload,
+    },
+    /// The stream ended (its broadcaster left).
+    StreamEnded {
+        /// Stream.
+        stream: StreamId,
+        /// Why.
+        reason: String,
+    },
+    /// A request failed. `fatal` errors are followed by closing the connection.
+    Error {
+        /// Machine-readable reason.
+        code: ErrorCode,
+        /// Human-readable reason.
+        message: String,
+        /// Whether the connection closes.
+        fatal: bool,
+    },
+}
+
+/// A message sent by a peer to the supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "SCREAMING_SNAKE_CASE",
+    deny_unknown_fields
+)]
+#[non_exhaustive]
+pub enum PeerMessage {
+    /// Handshake: the peer's id, RSA public key (SPKI PEM) and role.
+    CollectPeerInfoResponse {
+        /// The peer's protocol version.
+        protocol_version: u8,
+        /// Random UUIDv4 for this session.
+        peer_id: PeerId,
+        /// The peer's RSA public key.
+        public_key: String,
+        /// Broadcaster or receiver.
+        component_type: ComponentType,
+    },
+    /// Handshake: the supervisor's key matched the trust bundle.
+    AuthenticationResponse {},
+    /// Handshake: the answer, RSA-OAEP encrypted to the supervisor's key (base64).
+    AuthenticationChallengeResponse {
+        /// Encrypted answer.
+        answer: String,
+    },
+    /// Broadcaster: start a stream.
+    AnnounceStream {
+        /// Unique name.
+        name: String,
+        /// Overlay kind.
+        topology: TopologyKind,
+        /// Integrity mode.
+        integrity: IntegrityMode,
+        /// MIME type of the media.
+        media_type: String,
+        /// Ed25519 public key (base64) that signs chunks, required in `sign` mode.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signing_key: Option<String>,
+    },
+    /// List live streams.
+    ListStreams {},
+    /// Receiver: join a stream by name.
+    JoinStream {
+        /// Stream name.
+        name: String,
+        /// Capacity, for placement.
+        #[serde(default)]
+        capacity: Capacity,
+    },
+    /// Leave the joined stream (a broadcaster leaving ends it).
+    LeaveStream {},
+    /// Relay a signaling payload to a neighbour.
+    Signal {
+        /// Addressee.
+        to: PeerId,
+        /// Payload.
+        payload: SignalPayload,
+    },
+    /// A chunk from `upstream` failed verification.
+    ReportBadChunk {
+        /// The peer that sent it.
+        upstream: PeerId,
+        /// Its sequence number.
+        seq: u64,
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, SignalError> {
+    if text.len() > MAX_SIGNAL_LEN {
+        return Err(SignalError::Oversized {
+            len: text.len(),
+            max: MAX_SIGNAL_LEN,
+        });
+    }
+    let input: serde_json::Value = serde_json::from_str(text)?;
+    if !input.is_object() {
+        // serde would also accept a tagged enum written as an array.
+        return Err(SignalError::NotAnObject);
+    }
+    Ok(T::deserialize(&input)?)
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    // Serializing these plain data types cannot fail: no maps with non-string
+    // keys, no custom serializers.
+    serde_json::to_string(value).unwrap_or_else(|e| unreachable!("serialize: {e}"))
+}
+
+impl SupervisorMessage {
+    /// Parses one message, bounded by [`MAX_SIGNAL_LEN`].
+    pub fn from_json(text: &str) -> Result<Self, SignalError> {
+        parse(text)
+    }
+    /// Serializes to JSON.
+    pub fn to_json(&self) -> String {
+        to_json(self)
+    }
+    /// The message's wire name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::CollectPeerInfoRequest { .. } => "COLLECT_PEER_INFO_REQUEST",
+            Self::AuthenticationRequest { .. } => "AUTHENTICATION_REQUEST",
+            Self::AuthenticationChallengeRequest { .. } => "AUTHENTICATION_CHALLENGE_REQUEST",
+            Self::Authenticated { .. } => "AUTHENTICATED",
+            Self::StreamAnnounced { .. } => "STREAM_ANNOUNCED",
+            Self::StreamList { .. } => "STREAM_LIST",
+            Self::StreamJoined { .. } => "STREAM_JOINED",
+            Self::Reconfigure { .. } => "RECONFIGURE",
+            Self::Signal { .. } => "SIGNAL",
+            Self::StreamEnded { .. } => "STREAM_ENDED",
+            Self::Error { .. } => "ERROR",
+        }
+    }
+}
+
+impl PeerMessage {
+    /// Parses one message, bounded by [`MAX_SIGNAL_LEN`].
+    pub fn from_json(text: &str) -> Result<Self, SignalError> {
+        parse(text)
+    }
+    /// Serializes to JSON.
+    pub fn to_json(&self) -> String {
+        to_json(self)
+    }
+    /// The message's wire name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::CollectPeerInfoResponse { .. } => "COLLECT_PEER_INFO_RESPONSE",
+            Self::AuthenticationResponse { .. } => "AUTHENTICATION_RESPONSE",
+            Self::AuthenticationChallengeResponse { .. } => "AUTHENTICATION_CHALLENGE_RESPONSE",
+            Self::AnnounceStream { .. } => "ANNOUNCE_STREAM",
+            Self::ListStreams { .. } => "LIST_STREAMS",
+            Self::JoinStream { .. } => "JOIN_STREAM",
+            Self::LeaveStream { .. } => "LEAVE_STREAM",
+            Self::Signal { .. } => "SIGNAL",
+            Self::ReportBadChunk { .. } => "REPORT_BAD_CHUNK",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_names_match_the_paper() {
+        let m = SupervisorMessage::CollectPeerInfoRequest {
+            protocol_version: 1,
+        };
+        assert_eq!(
+            m.to_json(),
+            r#"{"type":"COLLECT_PEER_INFO_REQUEST","protocol_version":1}"#
+        );
+        let m = PeerMessage::AuthenticationChallengeResponse { answer: "x".into() };
+        assert!(m
+            .to_json()
+            .starts_with(r#"{"type":"AUTHENTICATION_CHALLENGE_RESPONSE""#));
+        assert_eq!(
+            PeerMessage::from_json(r#"{"type":"AUTHENTICATION_RESPONSE"}"#).unwrap(),
+            PeerMessage::AuthenticationResponse {}
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_types_are_errors() {
+        for bad in [
+            r#"{"type":"LIST_STREAMS","extra":1}"#,
+            r#"{"type":"NOPE"}"#,
+            r#"{"type":"JOIN_STREAM"}"#,
+            r#"{"type":"JOIN_STREAM","name":"a","capacity":{"upload_kbps":1,"rtt_ms":2,"x":3}}"#,
+            r#"{"type":"SIGNAL","to":"not-a-uuid","payload":{"kind":"offer","sdp":""}}"#,
+            r#"["LIST_STREAMS"]"#,
+            r#"{"type":"LIST_STREAMS""#,
+            "",
+        ] {
+            let err = PeerMessage::from_json(bad).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    SignalError::Malformed(_)
+                        | SignalError::NotAnObject
+                ),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_path() {
+        let err = PeerMessage::from_json(
+            r#"{"type":"SIGNAL","to":"6f1c1c1e-4bfa-4a5e-8a43-3f2f0f0e0a01","payload":{"kind":"offer","sdp":"v=0","evil":true}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("evil"), "{err}");
+        let err = PeerMessage::from_json(r#"{"type":"LEAVE_STREAM","why":"bored"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `why`"), "{err}");
+        // An explicit null for an optional key is accepted.
+        PeerMessage::from_json(
+            r#"{"type":"ANNOUNCE_STREAM","name":"a","topology":"tree","integrity":"hmac","media_type":"video/webm","signing_key":null}"#,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn oversized_text_is_refused_before_parsing() {
+        let big = format!(
+            r#"{{"type":"JOIN_STREAM","name":"{}"}}"#,
+            "a".repeat(MAX_SIGNAL_LEN)
+        );
+        assert!(matches!(
+            PeerMessage::from_json(&big),
+            Err(SignalError::Oversized { .. })
+        ));
+    }
+}
