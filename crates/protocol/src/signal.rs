@@ -171,11 +171,7 @@ pub enum ErrorCode {
 
 /// A message sent by the supervisor to a peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(
-    tag = "type",
-    rename_all = "SCREAMING_SNAKE_CASE",
-    deny_unknown_fields
-)]
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum SupervisorMessage {
     /// Handshake step 1: who are you? Opens every session.
@@ -263,11 +259,7 @@ pub enum SupervisorMessage {
 
 /// A message sent by a peer to the supervisor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(
-    tag = "type",
-    rename_all = "SCREAMING_SNAKE_CASE",
-    deny_unknown_fields
-)]
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum PeerMessage {
     /// Handshake: the peer's id, RSA public key (SPKI PEM) and role.
@@ -442,11 +434,7 @@ mod tests {
         ] {
             let err = PeerMessage::from_json(bad).unwrap_err();
             assert!(
-                matches!(
-                    err,
-                    SignalError::Malformed(_)
-                        | SignalError::NotAnObject
-                ),
+                matches!(err, SignalError::Malformed(_) | SignalError::NotAnObject),
                 "{bad}: {err}"
             );
         }
