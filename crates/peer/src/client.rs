@@ -239,7 +239,9 @@ impl SupervisorClient {
         );
         loop {
             let msg = recv_message(&mut ws, step_timeout).await?;
-            match hs.handle(msg, std::time::Instant::now(), &mut rand::rng())? {
+            // The thread-local RNG must not live across an await.
+            let step = hs.handle(msg, std::time::Instant::now(), &mut rand::rng())?;
+            match step {
                 PeerStep::Send(m) => send_message(&mut ws, &m).await?,
                 PeerStep::Authenticated {
                     peer_id,

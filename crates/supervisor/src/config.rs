@@ -1,0 +1,207 @@
+//! The supervisor's configuration (`DIR/config.toml`): every key optional,
+//! with the defaults documented in [`DEFAULT_CONFIG_TOML`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use miostream_auth::HandshakeConfig;
+use serde::{Deserialize, Serialize};
+
+/// The commented config file `init` writes: `config/supervisor.example.toml`
+/// in the repository, the single source of the documented defaults.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../../config/supervisor.example.toml");
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupervisorConfig {
+    /// Address to serve on.
+    pub listen: SocketAddr,
+    /// Handshake settings.
+    pub auth: AuthSection,
+    /// Liveness settings.
+    pub heartbeat: HeartbeatSection,
+    /// Limits against bad or hostile clients.
+    pub limits: LimitsSection,
+    /// Overlay settings.
+    pub topology: TopologySection,
+    /// Chunk-integrity enforcement.
+    pub integrity: IntegritySection,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            auth: AuthSection::default(),
+            heartbeat: HeartbeatSection::default(),
+            limits: LimitsSection::default(),
+            topology: TopologySection::default(),
+            integrity: IntegritySection::default(),
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// Time allowed per handshake step (ms).
+    pub step_timeout_ms: u64,
+    /// Smallest peer key (bits).
+    pub min_peer_key_bits: usize,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            step_timeout_ms: 5000,
+            min_peer_key_bits: 2048,
+        }
+    }
+}
+
+/// `[heartbeat]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatSection {
+    /// Ping interval (ms).
+    pub interval_ms: u64,
+    /// Silence after which a peer is dropped (ms).
+    pub timeout_ms: u64,
+}
+
+impl Default for HeartbeatSection {
+    fn default() -> Self {
+        Self {
+            interval_ms: 1000,
+            timeout_ms: 5000,
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Connections at once.
+    pub max_connections: usize,
+    /// Connections in their handshakes at once.
+    pub max_unauthenticated: usize,
+    /// TLS + WebSocket handshake deadline (ms).
+    pub tls_handshake_timeout_ms: u64,
+    /// Largest message (bytes).
+    pub max_message_bytes: usize,
+    /// Sustained message rate per peer.
+    pub messages_per_sec: u32,
+    /// Burst above the sustained rate.
+    pub message_burst: u32,
+    /// Outbound queue length per peer.
+    pub send_queue: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_connections: 20_000,
+            max_unauthenticated: 1024,
+            tls_handshake_timeout_ms: 5000,
+            max_message_bytes: 64 * 1024,
+            messages_per_sec: 200,
+            message_burst: 400,
+            send_queue: 256,
+        }
+    }
+}
+
+/// `[topology]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopologySection {
+    /// List backups (k).
+    pub list_backups: usize,
+    /// Tree fan-out.
+    pub tree_fanout: usize,
+}
+
+impl Default for TopologySection {
+    fn default() -> Self {
+        Self {
+            list_backups: 2,
+            tree_fanout: 2,
+        }
+    }
+}
+
+/// `[integrity]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IntegritySection {
+    /// Reports before a relay is cut out.
+    pub bad_chunk_limit: u32,
+}
+
+impl Default for IntegritySection {
+    fn default() -> Self {
+        Self { bad_chunk_limit: 3 }
+    }
+}
+
+impl SupervisorConfig {
+    /// Parses a config file's text.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The handshake settings.
+    pub fn handshake(&self) -> HandshakeConfig {
+        HandshakeConfig {
+            step_timeout: Duration::from_millis(self.auth.step_timeout_ms),
+            min_peer_key_bits: self.auth.min_peer_key_bits,
+            heartbeat_interval: Duration::from_millis(self.heartbeat.interval_ms),
+            heartbeat_timeout: Duration::from_millis(self.heartbeat.timeout_ms),
+        }
+    }
+
+    /// Checks values that would make the server misbehave.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        if self.heartbeat.interval_ms == 0
+            || self.heartbeat.timeout_ms <= self.heartbeat.interval_ms
+        {
+            return Err("heartbeat.timeout_ms must exceed heartbeat.interval_ms > 0".into());
+        }
+        if l.max_connections == 0 || l.max_unauthenticated == 0 || l.send_queue == 0 {
+            return Err("limits must be positive".into());
+        }
+        if l.messages_per_sec == 0 || l.message_burst == 0 {
+            return Err("limits.messages_per_sec and message_burst must be positive".into());
+        }
+        if self.topology.tree_fanout == 0 {
+            return Err("topology.tree_fanout must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_defaults_are_the_defaults() {
+        let parsed = SupervisorConfig::from_toml(DEFAULT_CONFIG_TOML).unwrap();
+        let def = SupervisorConfig::default();
+        assert_eq!(
+            toml::to_string(&parsed).unwrap(),
+            toml::to_string(&def).unwrap()
+        );
+        def.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = SupervisorConfig::from_toml("[limits]\nmax_conections = 3\n").unwrap_err();
+        assert!(err.to_string().contains("max_conections"), "{err}");
+    }
+}

@@ -1,0 +1,149 @@
+//! `miostream-supervisor`: init a state directory, authorize or revoke peer
+//! keys, and run the TLS WebSocket server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use miostream_protocol::ComponentType;
+use miostream_supervisor::{Server, StateDir};
+
+#[derive(Parser)]
+#[command(
+    name = "miostream-supervisor",
+    version,
+    about = "MioStream supervisor: authenticates peers, manages streams and their topologies, relays signaling"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create DIR: config.toml, TLS certificate and key, the supervisor's RSA
+    /// key pair, an empty authorized-peers list and DIR/trust/ for peers.
+    Init {
+        /// State directory to create.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Address to serve on (written to config.toml; named in the certificate).
+        #[arg(long, default_value = "0.0.0.0:8443")]
+        listen: SocketAddr,
+        /// Extra host names or IPs for the certificate (e.g. the LAN address
+        /// peers will use when listening on 0.0.0.0). Repeatable.
+        #[arg(long = "san", value_name = "NAME")]
+        sans: Vec<String>,
+        /// Size of the supervisor's RSA key.
+        #[arg(long, default_value_t = 2048)]
+        rsa_bits: usize,
+    },
+    /// Authorize a peer's public key (takes effect on a running supervisor).
+    Authorize {
+        /// State directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The peer's public key (peer.pub from `keygen`).
+        key: PathBuf,
+        /// Role the key may authenticate as.
+        #[arg(long, default_value = "receiver")]
+        role: ComponentType,
+    },
+    /// Revoke a peer's key; a connected peer with that key is cut off.
+    Revoke {
+        /// State directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The peer's public key.
+        key: PathBuf,
+    },
+    /// Serve wss:// until SIGTERM or SIGINT.
+    Run {
+        /// State directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Override config.toml's listen address.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("miostream-supervisor: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init {
+            dir,
+            listen,
+            sans,
+            rsa_bits,
+        } => {
+            let state = StateDir::new(&dir);
+            state.init(listen, &sans, rsa_bits)?;
+            println!(
+                "initialized {}; give peers {} and authorize their keys with `miostream-supervisor authorize --dir {} PEER.pub --role receiver`",
+                dir.display(),
+                state.trust_dir().display(),
+                dir.display()
+            );
+            Ok(())
+        }
+        Command::Authorize { dir, key, role } => {
+            let fp = StateDir::new(&dir).authorize(&key, role)?;
+            println!("authorized {fp} as {role}");
+            Ok(())
+        }
+        Command::Revoke { dir, key } => {
+            let fp = StateDir::new(&dir).revoke(&key)?;
+            println!("revoked {fp}");
+            Ok(())
+        }
+        Command::Run { dir, listen } => {
+            let state = StateDir::new(&dir);
+            let mut config = state.load_config()?;
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(async {
+                let server = Server::bind(&state, config).await?;
+                println!("listening on wss://{}", server.local_addr());
+                server.run(shutdown_signal()).await;
+                anyhow::Ok(())
+            })
+        }
+    }
+}
+
+/// Completes on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

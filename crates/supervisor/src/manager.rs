@@ -1,0 +1,474 @@
+//! The stream manager: streams, their topologies and the signaling relay, as
+//! a pure state machine. Inputs are authenticated peers arriving, their
+//! messages and their departures; outputs are messages to send and peers to
+//! cut off. No IO, no clock; randomness (stream ids and keys) comes in.
+
+use std::collections::HashMap;
+
+use crate::interim_topology::{Changes, Topology, TopologyConfig};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use miostream_auth::{Authorizer, KeyFingerprint};
+use miostream_protocol::signal::{
+    Capacity, ErrorCode, SignalPayload, StreamInfo, MAX_STREAM_NAME_LEN,
+};
+use miostream_protocol::{
+    ComponentType, IntegrityMode, PeerId, PeerMessage, StreamId, SupervisorMessage, TopologyKind,
+};
+use rand::{CryptoRng, RngExt as _};
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Queue this message to this peer.
+    Send(PeerId, SupervisorMessage),
+    /// Send this peer a fatal `ERROR` and close its connection. The manager
+    /// has already forgotten it.
+    Disconnect(PeerId, ErrorCode, String),
+}
+
+/// Manager settings.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Overlay settings for new streams.
+    pub topology: TopologyConfig,
+    /// Reports before a relay is cut out.
+    pub bad_chunk_limit: u32,
+}
+
+#[derive(Debug)]
+struct Peer {
+    role: ComponentType,
+    key: KeyFingerprint,
+    stream: Option<StreamId>,
+}
+
+struct Stream {
+    info: StreamInfo,
+    key: [u8; 32],
+    signing_key: Option<String>,
+    broadcaster: PeerId,
+    topology: Topology,
+    epoch: u64,
+    /// Bad-chunk reports per accused relay. A report can only come from a
+    /// peer linked to the accused, so a lone liar can frame only its own
+    /// neighbours (documented limit).
+    reports: HashMap<PeerId, usize>,
+}
+
+/// All streams and connected peers of one supervisor.
+pub struct Manager {
+    config: ManagerConfig,
+    peers: HashMap<PeerId, Peer>,
+    streams: HashMap<StreamId, Stream>,
+    by_name: HashMap<String, StreamId>,
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> SupervisorMessage {
+    SupervisorMessage::Error {
+        code,
+        message: message.into(),
+        fatal: false,
+    }
+}
+
+impl Manager {
+    /// An empty manager.
+    pub fn new(config: ManagerConfig) -> Self {
+        Self {
+            config,
+            peers: HashMap::new(),
+            streams: HashMap::new(),
+            by_name: HashMap::new(),
+        }
+    }
+
+    /// Number of registered peers.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Live streams, as listed to peers.
+    pub fn streams(&self) -> Vec<StreamInfo> {
+        let mut list: Vec<StreamInfo> = self.streams.values().map(|s| self.info(s)).collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    fn info(&self, s: &Stream) -> StreamInfo {
+        StreamInfo {
+            receivers: s.topology.len() as u32,
+            ..s.info.clone()
+        }
+    }
+
+    /// A peer completed the handshake. Refused if its id is taken.
+    pub fn register(
+        &mut self,
+        id: PeerId,
+        role: ComponentType,
+        key: KeyFingerprint,
+    ) -> Result<(), ErrorCode> {
+        if self.peers.contains_key(&id) {
+            return Err(ErrorCode::DuplicatePeer);
+        }
+        self.peers.insert(
+            id,
+            Peer {
+                role,
+                key,
+                stream: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// A message from an authenticated peer.
+    pub fn handle<R: CryptoRng + ?Sized>(
+        &mut self,
+        from: PeerId,
+        msg: PeerMessage,
+        rng: &mut R,
+    ) -> Vec<Output> {
+        let Some(peer) = self.peers.get(&from) else {
+            return Vec::new(); // already cut off; its last messages are moot
+        };
+        let role = peer.role;
+        let joined = peer.stream;
+        let reply = |m| vec![Output::Send(from, m)];
+        match msg {
+            PeerMessage::ListStreams {} => reply(SupervisorMessage::StreamList {
+                streams: self.streams(),
+            }),
+            PeerMessage::AnnounceStream {
+                name,
+                topology,
+                integrity,
+                media_type,
+                signing_key,
+            } => {
+                if role != ComponentType::Broadcaster {
+                    return reply(error(
+                        ErrorCode::Forbidden,
+                        "only a broadcaster can announce a stream",
+                    ));
+                }
+                if joined.is_some() {
+                    return reply(error(
+                        ErrorCode::Forbidden,
+                        "this broadcaster already has a stream",
+                    ));
+                }
+                self.announce(
+                    from,
+                    name,
+                    topology,
+                    integrity,
+                    media_type,
+                    signing_key,
+                    rng,
+                )
+            }
+            PeerMessage::JoinStream { name, capacity } => {
+                if role != ComponentType::Receiver {
+                    return reply(error(
+                        ErrorCode::Forbidden,
+                        "only a receiver can join a stream",
+                    ));
+                }
+                if joined.is_some() {
+                    return reply(error(
+                        ErrorCode::Forbidden,
+                        "already joined a stream; leave it first",
+                    ));
+                }
+                self.join(from, &name, capacity)
+            }
+            PeerMessage::LeaveStream {} => self.depart(from, false),
+            PeerMessage::Signal { to, payload } => self.relay(from, joined, to, payload),
+            PeerMessage::ReportBadChunk {
+                upstream,
+                seq,
+                reason,
+            } => self.report(from, joined, upstream, seq, &reason),
+            other => reply(error(
+                ErrorCode::OutOfOrder,
+                format!("{} is only valid during the handshake", other.name()),
+            )),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn announce<R: CryptoRng + ?Sized>(
+        &mut self,
+        from: PeerId,
+        name: String,
+        topology: TopologyKind,
+        integrity: IntegrityMode,
+        media_type: String,
+        signing_key: Option<String>,
+        rng: &mut R,
+    ) -> Vec<Output> {
+        let reply = |m| vec![Output::Send(from, m)];
+        if name.is_empty()
+            || name.len() > MAX_STREAM_NAME_LEN
+            || name.chars().any(|c| c.is_control())
+        {
+            return reply(error(
+                ErrorCode::Malformed,
+                format!("stream name must be 1..={MAX_STREAM_NAME_LEN} printable characters"),
+            ));
+        }
+        if media_type.len() > 256 {
+            return reply(error(ErrorCode::Malformed, "media type too long"));
+        }
+        if self.by_name.contains_key(&name) {
+            return reply(error(
+                ErrorCode::StreamExists,
+                format!("stream {name:?} exists already"),
+            ));
+        }
+        let signing_key = match (integrity, signing_key) {
+            (IntegrityMode::Sign, Some(k))
+                if B64.decode(&k).map(|b| b.len() == 32).unwrap_or(false) =>
+            {
+                Some(k)
+            }
+            (IntegrityMode::Sign, _) => {
+                return reply(error(
+                    ErrorCode::Malformed,
+                    "sign mode needs signing_key: a base64 Ed25519 public key",
+                ))
+            }
+            (IntegrityMode::Hmac, _) => None,
+        };
+        let mut id = StreamId(rng.random());
+        while self.streams.contains_key(&id) {
+            id = StreamId(rng.random());
+        }
+        let mut key = [0u8; 32];
+        rng.fill_bytes(&mut key);
+        let info = StreamInfo {
+            id,
+            name: name.clone(),
+            topology,
+            integrity,
+            media_type,
+            receivers: 0,
+        };
+        self.streams.insert(
+            id,
+            Stream {
+                info: info.clone(),
+                key,
+                signing_key,
+                broadcaster: from,
+                topology: Topology::new(topology, from, self.config.topology.clone()),
+                epoch: 0,
+                reports: HashMap::new(),
+            },
+        );
+        self.by_name.insert(name, id);
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.stream = Some(id);
+        }
+        vec![Output::Send(
+            from,
+            SupervisorMessage::StreamAnnounced {
+                stream: info,
+                stream_key: B64.encode(key),
+            },
+        )]
+    }
+
+    fn join(&mut self, from: PeerId, name: &str, capacity: Capacity) -> Vec<Output> {
+        let Some(&id) = self.by_name.get(name) else {
+            return vec![Output::Send(
+                from,
+                error(
+                    ErrorCode::StreamNotFound,
+                    format!("no stream named {name:?}"),
+                ),
+            )];
+        };
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return Vec::new();
+        };
+        let changes = match stream.topology.join(from, capacity) {
+            Ok(c) => c,
+            Err(e) => {
+                return vec![Output::Send(
+                    from,
+                    error(ErrorCode::Overloaded, e.to_string()),
+                )]
+            }
+        };
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.stream = Some(id);
+        }
+        let mut out = vec![Output::Send(
+            from,
+            SupervisorMessage::StreamJoined {
+                stream: StreamInfo {
+                    receivers: stream.topology.len() as u32,
+                    ..stream.info.clone()
+                },
+                stream_key: B64.encode(stream.key),
+                signing_key: stream.signing_key.clone(),
+                broadcaster: stream.broadcaster,
+            },
+        )];
+        reconfigure(stream, &changes, &mut out);
+        out
+    }
+
+    /// A peer left politely (`LEAVE_STREAM`) or its connection ended.
+    fn depart(&mut self, who: PeerId, failed: bool) -> Vec<Output> {
+        let Some(id) = self.peers.get_mut(&who).and_then(|p| p.stream.take()) else {
+            return Vec::new();
+        };
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if stream.broadcaster == who {
+            self.end_stream(id, "the broadcaster left", &mut out);
+            return out;
+        }
+        let changes = if failed {
+            stream.topology.fail(who)
+        } else {
+            stream.topology.leave(who)
+        };
+        stream.reports.remove(&who);
+        if let Ok(changes) = changes {
+            reconfigure(stream, &changes, &mut out);
+        }
+        out
+    }
+
+    fn end_stream(&mut self, id: StreamId, reason: &str, out: &mut Vec<Output>) {
+        let Some(stream) = self.streams.remove(&id) else {
+            return;
+        };
+        self.by_name.remove(&stream.info.name);
+        for (pid, p) in self.peers.iter_mut() {
+            if p.stream == Some(id) {
+                p.stream = None;
+                if *pid != stream.broadcaster {
+                    out.push(Output::Send(
+                        *pid,
+                        SupervisorMessage::StreamEnded {
+                            stream: id,
+                            reason: reason.to_owned(),
+                        },
+                    ));
+                }
+            }
+        }
+    }
+
+    /// A peer's connection ended (closed, timed out, dropped).
+    pub fn disconnected(&mut self, who: PeerId) -> Vec<Output> {
+        let out = self.depart(who, true);
+        self.peers.remove(&who);
+        out
+    }
+
+    /// Cuts a peer off: it leaves its stream as a failure and is forgotten.
+    fn cut_off(&mut self, who: PeerId, code: ErrorCode, reason: String) -> Vec<Output> {
+        let mut out = self.disconnected(who);
+        out.push(Output::Disconnect(who, code, reason));
+        out
+    }
+
+    fn relay(
+        &mut self,
+        from: PeerId,
+        joined: Option<StreamId>,
+        to: PeerId,
+        payload: SignalPayload,
+    ) -> Vec<Output> {
+        let linked = joined
+            .and_then(|id| self.streams.get(&id))
+            .is_some_and(|s| s.topology.is_linked(from, to));
+        if !linked {
+            return vec![Output::Send(
+                from,
+                error(ErrorCode::Forbidden, format!("{to} is not your neighbour")),
+            )];
+        }
+        vec![Output::Send(
+            to,
+            SupervisorMessage::Signal { from, payload },
+        )]
+    }
+
+    fn report(
+        &mut self,
+        from: PeerId,
+        joined: Option<StreamId>,
+        upstream: PeerId,
+        seq: u64,
+        reason: &str,
+    ) -> Vec<Output> {
+        let limit = self.config.bad_chunk_limit.max(1) as usize;
+        let Some(stream) = joined.and_then(|id| self.streams.get_mut(&id)) else {
+            return Vec::new();
+        };
+        // Only a peer linked to the accused can have received from it, and the
+        // broadcaster is the source of truth, never cut out by reports.
+        if !stream.topology.is_linked(from, upstream) || upstream == stream.broadcaster {
+            return Vec::new();
+        }
+        tracing::warn!(reporter = %from, %upstream, seq, reason, "bad chunk reported");
+        let count = stream.reports.entry(upstream).or_default();
+        *count += 1;
+        if *count >= limit {
+            return self.cut_off(
+                upstream,
+                ErrorCode::Misbehaving,
+                format!("{limit} chunks you relayed failed verification"),
+            );
+        }
+        Vec::new()
+    }
+
+    /// The authorized list changed: cuts off every peer whose key is no
+    /// longer authorized for its role.
+    pub fn reauthorize(&mut self, list: &dyn Authorizer) -> Vec<Output> {
+        let revoked: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| list.role_of(&p.key) != Some(p.role))
+            .map(|(id, _)| *id)
+            .collect();
+        revoked
+            .into_iter()
+            .flat_map(|id| self.cut_off(id, ErrorCode::Revoked, "your key was revoked".into()))
+            .collect()
+    }
+}
+
+/// Tells every peer whose links changed its new link set.
+fn reconfigure(stream: &mut Stream, changes: &Changes, out: &mut Vec<Output>) {
+    if changes.affected.is_empty() {
+        return;
+    }
+    stream.epoch += 1;
+    for &peer in &changes.affected {
+        if let Some(links) = stream.topology.links(peer) {
+            out.push(Output::Send(
+                peer,
+                SupervisorMessage::Reconfigure {
+                    stream: stream.info.id,
+                    epoch: stream.epoch,
+                    links,
+                },
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,299 @@
+//! The manager's decisions, without sockets.
+
+use std::collections::HashMap;
+
+use miostream_protocol::signal::SignalPayload;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+use super::*;
+use miostream_protocol::signal::Links;
+
+struct Fixture {
+    m: Manager,
+    rng: ChaCha20Rng,
+}
+
+fn fp(i: u8) -> KeyFingerprint {
+    KeyFingerprint([i; 32])
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self {
+            m: Manager::new(ManagerConfig {
+                topology: TopologyConfig::default(),
+                bad_chunk_limit: 2,
+            }),
+            rng: ChaCha20Rng::seed_from_u64(9),
+        }
+    }
+
+    fn peer(&mut self, role: ComponentType, key: u8) -> PeerId {
+        let id = PeerId::random();
+        self.m.register(id, role, fp(key)).unwrap();
+        id
+    }
+
+    fn send(&mut self, from: PeerId, msg: PeerMessage) -> Vec<Output> {
+        self.m.handle(from, msg, &mut self.rng)
+    }
+
+    fn stream(&mut self, b: PeerId, kind: TopologyKind) {
+        let out = self.send(
+            b,
+            PeerMessage::AnnounceStream {
+                name: "s".into(),
+                topology: kind,
+                integrity: IntegrityMode::Hmac,
+                media_type: "video/webm".into(),
+                signing_key: None,
+            },
+        );
+        assert!(
+            matches!(out[..], [Output::Send(to, SupervisorMessage::StreamAnnounced { .. })] if to == b)
+        );
+    }
+
+    fn join(&mut self, r: PeerId) -> Vec<Output> {
+        self.send(
+            r,
+            PeerMessage::JoinStream {
+                name: "s".into(),
+                capacity: Capacity::default(),
+            },
+        )
+    }
+}
+
+fn error_code(out: &[Output]) -> Option<ErrorCode> {
+    out.iter().find_map(|o| match o {
+        Output::Send(_, SupervisorMessage::Error { code, .. }) => Some(*code),
+        _ => None,
+    })
+}
+
+#[test]
+fn roles_are_enforced() {
+    let mut f = Fixture::new();
+    let r = f.peer(ComponentType::Receiver, 1);
+    let out = f.send(
+        r,
+        PeerMessage::AnnounceStream {
+            name: "x".into(),
+            topology: TopologyKind::List,
+            integrity: IntegrityMode::Hmac,
+            media_type: "video/webm".into(),
+            signing_key: None,
+        },
+    );
+    assert_eq!(error_code(&out), Some(ErrorCode::Forbidden));
+    let b = f.peer(ComponentType::Broadcaster, 2);
+    f.stream(b, TopologyKind::List);
+    assert_eq!(error_code(&f.join(b)), Some(ErrorCode::Forbidden));
+    assert_eq!(
+        f.m.register(b, ComponentType::Broadcaster, fp(2)),
+        Err(ErrorCode::DuplicatePeer)
+    );
+}
+
+#[test]
+fn sign_mode_needs_a_signing_key_and_names_are_unique() {
+    let mut f = Fixture::new();
+    let b = f.peer(ComponentType::Broadcaster, 1);
+    let announce = |name: &str, key: Option<&str>| PeerMessage::AnnounceStream {
+        name: name.into(),
+        topology: TopologyKind::Tree,
+        integrity: IntegrityMode::Sign,
+        media_type: "video/webm".into(),
+        signing_key: key.map(str::to_owned),
+    };
+    assert_eq!(
+        error_code(&f.send(b, announce("a", None))),
+        Some(ErrorCode::Malformed)
+    );
+    assert_eq!(
+        error_code(&f.send(b, announce("a", Some("short")))),
+        Some(ErrorCode::Malformed)
+    );
+    assert_eq!(
+        error_code(&f.send(b, announce("", None))),
+        Some(ErrorCode::Malformed)
+    );
+    let key = B64.encode([1u8; 32]);
+    assert_eq!(error_code(&f.send(b, announce("a", Some(&key)))), None);
+    let b2 = f.peer(ComponentType::Broadcaster, 2);
+    assert_eq!(
+        error_code(&f.send(b2, announce("a", Some(&key)))),
+        Some(ErrorCode::StreamExists)
+    );
+    // A receiver gets the signing key with the stream.
+    let r = f.peer(ComponentType::Receiver, 3);
+    let out = f.send(
+        r,
+        PeerMessage::JoinStream {
+            name: "a".into(),
+            capacity: Capacity::default(),
+        },
+    );
+    assert!(out.iter().any(|o| matches!(o,
+        Output::Send(_, SupervisorMessage::StreamJoined { signing_key: Some(k), .. }) if *k == key)));
+}
+
+#[test]
+fn every_affected_peer_is_reconfigured_on_join_and_failure() {
+    let mut f = Fixture::new();
+    let b = f.peer(ComponentType::Broadcaster, 1);
+    f.stream(b, TopologyKind::List);
+    let rs: Vec<PeerId> = (0..4)
+        .map(|i| f.peer(ComponentType::Receiver, 10 + i))
+        .collect();
+    let mut links: HashMap<PeerId, Links> = HashMap::new();
+    for &r in &rs {
+        for o in f.join(r) {
+            if let Output::Send(to, SupervisorMessage::Reconfigure { links: l, .. }) = o {
+                links.insert(to, l);
+            }
+        }
+    }
+    // Every receiver knows a parent, and the links agree both ways.
+    for &r in &rs {
+        let l = &links[&r];
+        assert_eq!(l.parents.len(), 1, "{r:?}");
+        let p = l.parents[0];
+        assert!(links[&p].children.contains(&r));
+    }
+    // A middle receiver fails: every peer that linked to it is told.
+    let victim = rs[1];
+    let out = f.m.disconnected(victim);
+    let told: Vec<PeerId> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send(to, SupervisorMessage::Reconfigure { links, .. }) => {
+                assert!(!links.all_peers().any(|p| p == victim));
+                Some(*to)
+            }
+            _ => None,
+        })
+        .collect();
+    for (peer, l) in &links {
+        if *peer != victim && l.all_peers().any(|p| p == victim) {
+            assert!(
+                told.contains(peer),
+                "{peer:?} linked to the victim but not told"
+            );
+        }
+    }
+}
+
+#[test]
+fn signaling_only_between_linked_peers_of_the_same_stream() {
+    let mut f = Fixture::new();
+    let b = f.peer(ComponentType::Broadcaster, 1);
+    f.stream(b, TopologyKind::Tree);
+    let r = f.peer(ComponentType::Receiver, 2);
+    f.join(r);
+    let outsider = f.peer(ComponentType::Receiver, 3);
+    let offer = SignalPayload::Offer { sdp: "v=0".into() };
+    let out = f.send(
+        r,
+        PeerMessage::Signal {
+            to: b,
+            payload: offer.clone(),
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Output::Send(
+            b,
+            SupervisorMessage::Signal {
+                from: r,
+                payload: offer.clone()
+            }
+        )]
+    );
+    let out = f.send(
+        outsider,
+        PeerMessage::Signal {
+            to: b,
+            payload: offer.clone(),
+        },
+    );
+    assert_eq!(error_code(&out), Some(ErrorCode::Forbidden));
+    let out = f.send(
+        r,
+        PeerMessage::Signal {
+            to: outsider,
+            payload: offer,
+        },
+    );
+    assert_eq!(error_code(&out), Some(ErrorCode::Forbidden));
+}
+
+#[test]
+fn a_reported_relay_is_cut_out_but_the_broadcaster_never_is() {
+    let mut f = Fixture::new();
+    let b = f.peer(ComponentType::Broadcaster, 1);
+    f.stream(b, TopologyKind::List);
+    let r1 = f.peer(ComponentType::Receiver, 2);
+    let r2 = f.peer(ComponentType::Receiver, 3);
+    f.join(r1);
+    f.join(r2);
+    let report = |upstream| PeerMessage::ReportBadChunk {
+        upstream,
+        seq: 5,
+        reason: "bad tag".into(),
+    };
+    // Reports against the broadcaster are ignored.
+    for _ in 0..5 {
+        assert!(f.send(r1, report(b)).is_empty());
+    }
+    // Find r2's parent among the receivers (capacity ordering may place either first).
+    let (child, relay) = if f
+        .m
+        .streams
+        .values()
+        .next()
+        .unwrap()
+        .topology
+        .links(r2)
+        .unwrap()
+        .parents
+        == vec![r1]
+    {
+        (r2, r1)
+    } else {
+        (r1, r2)
+    };
+    assert!(f.send(child, report(relay)).is_empty());
+    let out = f.send(child, report(relay));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Disconnect(p, ErrorCode::Misbehaving, _) if *p == relay)));
+    assert_eq!(f.m.streams()[0].receivers, 1);
+    // The relay is forgotten: the broadcaster and the reporter remain.
+    assert_eq!(f.m.peer_count(), 2);
+}
+
+#[test]
+fn revoked_keys_are_cut_off_and_their_streams_end() {
+    struct Only(KeyFingerprint, ComponentType);
+    impl Authorizer for Only {
+        fn role_of(&self, key: &KeyFingerprint) -> Option<ComponentType> {
+            (*key == self.0).then_some(self.1)
+        }
+    }
+    let mut f = Fixture::new();
+    let b = f.peer(ComponentType::Broadcaster, 1);
+    f.stream(b, TopologyKind::Mesh);
+    let r = f.peer(ComponentType::Receiver, 2);
+    f.join(r);
+    let out = f.m.reauthorize(&Only(fp(2), ComponentType::Receiver));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Disconnect(p, ErrorCode::Revoked, _) if *p == b)));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Send(p, SupervisorMessage::StreamEnded { .. }) if *p == r)));
+    assert!(f.m.streams().is_empty());
+}

@@ -1,0 +1,481 @@
+//! The supervisor's state directory:
+//!
+//! ```text
+//! DIR/config.toml          commented defaults
+//! DIR/supervisor.key       RSA private key (0600)   DIR/supervisor.pub
+//! DIR/tls/ca.key (0600)    DIR/tls/ca.crt           the CA that signs the server cert
+//! DIR/tls/server.key (0600) DIR/tls/server.crt      ECDSA P-256, names --listen + host
+//! DIR/authorized_peers     "ROLE FINGERPRINT" lines, edited by authorize/revoke
+//! DIR/trust/ca.crt, DIR/trust/supervisor.pub        what peers need (public)
+//! ```
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use miostream_auth::{Authorizer, KeyFingerprint, PrivateKey, PublicKey};
+use miostream_protocol::ComponentType;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+use crate::config::{SupervisorConfig, DEFAULT_CONFIG_TOML};
+
+/// What went wrong with the state directory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// `init` on a directory that already holds a supervisor.
+    #[error("{0} is already initialized (config.toml exists); refusing to overwrite its keys")]
+    AlreadyInitialized(PathBuf),
+    /// A key file is invalid.
+    #[error("{path}: {source}")]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: miostream_auth::KeyError,
+    },
+    /// The config file is invalid.
+    #[error("{path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Certificate generation failed.
+    #[error("certificate generation failed: {0}")]
+    Certificate(String),
+    /// A line of the authorized-peers file is invalid.
+    #[error("{path}:{line}: {reason}")]
+    AuthorizedList {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// Why.
+        reason: String,
+    },
+    /// `revoke` of a key that is not authorized.
+    #[error("key {0} is not in the authorized list")]
+    NotAuthorized(KeyFingerprint),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The authorized-peers list: key fingerprint → role.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Authorized(HashMap<KeyFingerprint, ComponentType>);
+
+impl Authorizer for Authorized {
+    fn role_of(&self, key: &KeyFingerprint) -> Option<ComponentType> {
+        self.0.get(key).copied()
+    }
+}
+
+impl Authorized {
+    /// Parses the file's text.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, StateError> {
+        let mut map = HashMap::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let err = |reason: String| StateError::AuthorizedList {
+                path: path.to_owned(),
+                line: i + 1,
+                reason,
+            };
+            let mut words = line.split_whitespace();
+            let (Some(role), Some(fp)) = (words.next(), words.next()) else {
+                return Err(err("expected \"ROLE FINGERPRINT\"".into()));
+            };
+            let role: ComponentType = role.parse().map_err(err)?;
+            let fp: KeyFingerprint = fp.parse().map_err(err)?;
+            map.insert(fp, role);
+        }
+        Ok(Self(map))
+    }
+
+    /// Number of authorized keys.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no key is authorized.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A supervisor state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// Opens `root` (no IO yet).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `DIR/config.toml`.
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+    /// `DIR/authorized_peers`.
+    pub fn authorized_path(&self) -> PathBuf {
+        self.root.join("authorized_peers")
+    }
+    /// `DIR/trust`.
+    pub fn trust_dir(&self) -> PathBuf {
+        self.root.join("trust")
+    }
+    fn tls(&self, name: &str) -> PathBuf {
+        self.root.join("tls").join(name)
+    }
+
+    /// Creates a new supervisor: keys, certificates, config, empty authorized
+    /// list and the trust bundle. Refuses to overwrite an existing one.
+    /// `names` are extra DNS names or IPs the certificate must carry.
+    pub fn init(
+        &self,
+        listen: SocketAddr,
+        names: &[String],
+        rsa_bits: usize,
+    ) -> Result<(), StateError> {
+        if self.config_path().exists() {
+            return Err(StateError::AlreadyInitialized(self.root.clone()));
+        }
+        for d in [self.root.clone(), self.root.join("tls"), self.trust_dir()] {
+            fs::create_dir_all(&d).map_err(io(&d))?;
+        }
+        let key =
+            PrivateKey::generate(&mut rand::rng(), rsa_bits).map_err(|source| StateError::Key {
+                path: self.root.join("supervisor.key"),
+                source,
+            })?;
+        let pem = key.to_pem().map_err(|source| StateError::Key {
+            path: self.root.join("supervisor.key"),
+            source,
+        })?;
+        write_secret(&self.root.join("supervisor.key"), &pem)?;
+        write_public(&self.root.join("supervisor.pub"), key.public().to_pem())?;
+        write_public(
+            &self.trust_dir().join("supervisor.pub"),
+            key.public().to_pem(),
+        )?;
+
+        let (ca_cert, ca_key, server_cert, server_key) = make_certificates(listen, names)?;
+        write_secret(&self.tls("ca.key"), &ca_key)?;
+        write_public(&self.tls("ca.crt"), &ca_cert)?;
+        write_public(&self.trust_dir().join("ca.crt"), &ca_cert)?;
+        write_secret(&self.tls("server.key"), &server_key)?;
+        write_public(&self.tls("server.crt"), &server_cert)?;
+
+        write_public(
+            &self.authorized_path(),
+            "# MioStream authorized peers: ROLE FINGERPRINT (edit with `authorize` / `revoke`)\n",
+        )?;
+        let config = DEFAULT_CONFIG_TOML.replacen(
+            "listen = \"0.0.0.0:8443\"",
+            &format!("listen = \"{listen}\""),
+            1,
+        );
+        write_public(&self.config_path(), &config)?;
+        Ok(())
+    }
+
+    /// Loads `config.toml`.
+    pub fn load_config(&self) -> Result<SupervisorConfig, StateError> {
+        let path = self.config_path();
+        let text = fs::read_to_string(&path).map_err(io(&path))?;
+        let config = SupervisorConfig::from_toml(&text).map_err(|e| StateError::Config {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        config
+            .validate()
+            .map_err(|reason| StateError::Config { path, reason })?;
+        Ok(config)
+    }
+
+    /// Loads the supervisor's RSA key.
+    pub fn load_key(&self) -> Result<PrivateKey, StateError> {
+        let path = self.root.join("supervisor.key");
+        let pem = fs::read_to_string(&path).map_err(io(&path))?;
+        PrivateKey::from_pem(&pem).map_err(|source| StateError::Key { path, source })
+    }
+
+    /// Loads the TLS server certificate chain and key (PEM).
+    pub fn load_tls(&self) -> Result<(String, String), StateError> {
+        let cert = self.tls("server.crt");
+        let key = self.tls("server.key");
+        let mut chain = fs::read_to_string(&cert).map_err(io(&cert))?;
+        let ca = self.tls("ca.crt");
+        chain.push_str(&fs::read_to_string(&ca).map_err(io(&ca))?);
+        Ok((chain, fs::read_to_string(&key).map_err(io(&key))?))
+    }
+
+    /// Loads the authorized-peers list.
+    pub fn load_authorized(&self) -> Result<Authorized, StateError> {
+        let path = self.authorized_path();
+        let text = fs::read_to_string(&path).map_err(io(&path))?;
+        Authorized::parse(&text, &path)
+    }
+
+    /// Authorizes a peer's public key (PEM file) for `role`; replaces its
+    /// previous role if it had one. Returns the key's fingerprint.
+    pub fn authorize(
+        &self,
+        key_file: &Path,
+        role: ComponentType,
+    ) -> Result<KeyFingerprint, StateError> {
+        let fp = read_public_key(key_file)?.fingerprint();
+        self.edit_authorized(|lines| {
+            lines.retain(|l| !mentions(l, &fp));
+            lines.push(format!("{role} {fp}"));
+            Ok(())
+        })?;
+        Ok(fp)
+    }
+
+    /// Removes a peer's key from the authorized list.
+    pub fn revoke(&self, key_file: &Path) -> Result<KeyFingerprint, StateError> {
+        let fp = read_public_key(key_file)?.fingerprint();
+        self.edit_authorized(|lines| {
+            let before = lines.len();
+            lines.retain(|l| !mentions(l, &fp));
+            if lines.len() == before {
+                return Err(StateError::NotAuthorized(fp));
+            }
+            Ok(())
+        })?;
+        Ok(fp)
+    }
+
+    /// Rewrites the list atomically (a running supervisor never reads half a file).
+    fn edit_authorized(
+        &self,
+        edit: impl FnOnce(&mut Vec<String>) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        let path = self.authorized_path();
+        let text = fs::read_to_string(&path).map_err(io(&path))?;
+        Authorized::parse(&text, &path)?; // refuse to edit a broken file
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        edit(&mut lines)?;
+        let tmp = path.with_extension("tmp");
+        let mut body = lines.join("\n");
+        body.push('\n');
+        write_public(&tmp, &body)?;
+        fs::rename(&tmp, &path).map_err(io(&path))
+    }
+}
+
+fn mentions(line: &str, fp: &KeyFingerprint) -> bool {
+    let content = line.split('#').next().unwrap_or("");
+    content
+        .split_whitespace()
+        .nth(1)
+        .and_then(|w| w.parse::<KeyFingerprint>().ok())
+        .is_some_and(|f| f == *fp)
+}
+
+fn read_public_key(path: &Path) -> Result<PublicKey, StateError> {
+    let pem = fs::read_to_string(path).map_err(io(path))?;
+    PublicKey::from_pem(&pem, miostream_auth::MIN_RSA_BITS).map_err(|source| StateError::Key {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Writes a secret with mode 0600 from the start (never briefly world-readable).
+pub fn write_secret(path: &Path, contents: &str) -> Result<(), StateError> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    // An existing file keeps its old mode on open: force it.
+    f.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(io(path))?;
+    f.write_all(contents.as_bytes()).map_err(io(path))
+}
+
+fn write_public(path: &Path, contents: &str) -> Result<(), StateError> {
+    fs::write(path, contents).map_err(io(path))
+}
+
+/// The host's name, for the certificate.
+fn hostname() -> Option<String> {
+    let name = fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// A CA and a server certificate it signs, both ECDSA P-256 (several times
+/// cheaper per TLS handshake than RSA). Returns PEMs (ca cert, ca key, server
+/// cert, server key).
+fn make_certificates(
+    listen: SocketAddr,
+    names: &[String],
+) -> Result<(String, String, String, String), StateError> {
+    let cert_err = |e: rcgen::Error| StateError::Certificate(e.to_string());
+    let mut sans: Vec<SanType> = vec![
+        SanType::DnsName("localhost".try_into().map_err(cert_err)?),
+        SanType::IpAddress(IpAddr::from([127, 0, 0, 1])),
+        SanType::IpAddress(
+            "::1"
+                .parse()
+                .map_err(|_| StateError::Certificate("::1".into()))?,
+        ),
+    ];
+    if !listen.ip().is_unspecified() && !listen.ip().is_loopback() {
+        sans.push(SanType::IpAddress(listen.ip()));
+    }
+    for name in hostname().into_iter().chain(names.iter().cloned()) {
+        let san = match name.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(
+                name.clone()
+                    .try_into()
+                    .map_err(|_| StateError::Certificate(format!("invalid DNS name {name:?}")))?,
+            ),
+        };
+        if !sans.contains(&san) {
+            sans.push(san);
+        }
+    }
+
+    let ca_key = KeyPair::generate().map_err(cert_err)?;
+    let mut ca_params = CertificateParams::default();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "MioStream supervisor CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(cert_err)?;
+
+    let server_key = KeyPair::generate().map_err(cert_err)?;
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "MioStream supervisor");
+    params.subject_alt_names = sans;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let issuer = Issuer::new(ca_params, &ca_key);
+    let server_cert = params.signed_by(&server_key, &issuer).map_err(cert_err)?;
+    Ok((
+        ca_cert.pem(),
+        ca_key.serialize_pem(),
+        server_cert.pem(),
+        server_key.serialize_pem(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_writes_everything_with_private_keys_0600_and_refuses_twice() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().join("sup"));
+        dir.init(
+            "127.0.0.1:0".parse().unwrap(),
+            &["example.lan".into()],
+            2048,
+        )
+        .unwrap();
+        for secret in ["supervisor.key", "tls/ca.key", "tls/server.key"] {
+            let mode = fs::metadata(dir.root().join(secret))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{secret}");
+        }
+        for public in ["trust/ca.crt", "trust/supervisor.pub", "config.toml"] {
+            assert!(dir.root().join(public).exists(), "{public}");
+        }
+        // Nothing secret in the trust bundle.
+        for entry in fs::read_dir(dir.trust_dir()).unwrap() {
+            let text = fs::read_to_string(entry.unwrap().path()).unwrap();
+            assert!(!text.contains("PRIVATE"));
+        }
+        dir.load_config().unwrap();
+        dir.load_key().unwrap();
+        assert!(dir.load_authorized().unwrap().is_empty());
+        assert!(matches!(
+            dir.init("127.0.0.1:0".parse().unwrap(), &[], 2048),
+            Err(StateError::AlreadyInitialized(_))
+        ));
+    }
+
+    #[test]
+    fn authorize_and_revoke_edit_the_list() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path());
+        dir.init("127.0.0.1:0".parse().unwrap(), &[], 2048).unwrap();
+        let key = PrivateKey::generate(&mut rand::rng(), 2048).unwrap();
+        let pub_file = tmp.path().join("peer.pub");
+        fs::write(&pub_file, key.public().to_pem()).unwrap();
+        let fp = dir.authorize(&pub_file, ComponentType::Receiver).unwrap();
+        assert_eq!(
+            dir.load_authorized().unwrap().role_of(&fp),
+            Some(ComponentType::Receiver)
+        );
+        dir.authorize(&pub_file, ComponentType::Broadcaster)
+            .unwrap();
+        let list = dir.load_authorized().unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list.role_of(&fp), Some(ComponentType::Broadcaster));
+        dir.revoke(&pub_file).unwrap();
+        assert!(dir.load_authorized().unwrap().is_empty());
+        assert!(matches!(
+            dir.revoke(&pub_file),
+            Err(StateError::NotAuthorized(_))
+        ));
+        // A private key or garbage is not a public key.
+        fs::write(&pub_file, "garbage").unwrap();
+        assert!(matches!(
+            dir.authorize(&pub_file, ComponentType::Receiver),
+            Err(StateError::Key { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_authorized_lines_name_their_line() {
+        let err = Authorized::parse("receiver abc\n", Path::new("x")).unwrap_err();
+        assert!(err.to_string().starts_with("x:1:"), "{err}");
+        let err = Authorized::parse(&format!("# c\nadmin {}\n", "0".repeat(64)), Path::new("x"))
+            .unwrap_err();
+        assert!(err.to_string().contains("x:2: unknown role"), "{err}");
+    }
+}
