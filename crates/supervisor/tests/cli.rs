@@ -1,0 +1,152 @@
+//! The `miostream-supervisor` binary as users and systemd drive it.
+
+#![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_miostream-supervisor");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn stderr_line(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).trim().to_owned()
+}
+
+/// Kills the child if a test fails before stopping it.
+struct Guard(Option<Child>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn init_authorize_run_and_stop_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sup");
+    let d = dir.to_str().unwrap();
+    let out = run(&["init", "--dir", d, "--listen", "127.0.0.1:0"]);
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    assert_eq!(
+        std::fs::metadata(dir.join("supervisor.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    // A second init refuses, with a one-line reason and a non-zero exit.
+    let out = run(&["init", "--dir", d]);
+    assert!(!out.status.success());
+    let err = stderr_line(&out);
+    assert!(
+        err.contains("already initialized") && !err.contains('\n'),
+        "{err}"
+    );
+
+    // Authorize a key; bad files are refused clearly.
+    let key = miostream_auth::PrivateKey::generate(&mut rand::rng(), 2048).unwrap();
+    let pub_path = tmp.path().join("peer.pub");
+    std::fs::write(&pub_path, key.public().to_pem()).unwrap();
+    let out = run(&[
+        "authorize",
+        "--dir",
+        d,
+        pub_path.to_str().unwrap(),
+        "--role",
+        "broadcaster",
+    ]);
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("as broadcaster"));
+    let out = run(&["authorize", "--dir", d, "/nonexistent.pub"]);
+    assert!(!out.status.success());
+    assert!(stderr_line(&out).contains("/nonexistent.pub"));
+    let out = run(&[
+        "authorize",
+        "--dir",
+        d,
+        pub_path.to_str().unwrap(),
+        "--role",
+        "admin",
+    ]);
+    assert!(!out.status.success());
+
+    // Run: one "listening on" line on stdout, then SIGTERM stops it with 0.
+    let mut child = Command::new(BIN)
+        .args(["run", "--dir", d])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut guard = Guard(Some(child));
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on wss://")
+        .unwrap_or_else(|| panic!("{line:?}"));
+    let port: u16 = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    assert_ne!(port, 0);
+    std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+
+    let mut child = guard.0.take().unwrap();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = rx
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("supervisor did not stop on SIGTERM")
+        })
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn run_without_init_fails_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(&["run", "--dir", tmp.path().join("none").to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr_line(&out);
+    assert!(
+        err.contains("config.toml") && err.lines().count() == 1,
+        "{err}"
+    );
+}
+
+#[test]
+fn systemd_unit_has_the_required_hardening() {
+    let unit = include_str!("../../../config/miostream-supervisor.service");
+    for needed in [
+        "User=miostream",
+        "Restart=on-failure",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/miostream",
+        "ExecStart=/usr/local/bin/miostream-supervisor run --dir /var/lib/miostream",
+        "KillSignal=SIGTERM",
+    ] {
+        assert!(unit.lines().any(|l| l.trim() == needed), "missing {needed}");
+    }
+}

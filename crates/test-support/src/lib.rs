@@ -1,0 +1,92 @@
+//! Helpers that let end-to-end tests read as scenarios. Test-only.
+//!
+//! [`LanHost`] gives a test its own "LAN machine": a network namespace joined
+//! to the test's namespace by a veth pair on a private /30 from the
+//! benchmarking range 198.18.0.0/15 (RFC 2544), removed when dropped. Traffic
+//! never leaves the machine.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A network namespace reachable from the test's namespace over a veth pair.
+#[derive(Debug)]
+pub struct LanHost {
+    name: String,
+    /// Our end's address (in the test's namespace): where servers bind.
+    pub gateway: Ipv4Addr,
+    /// The host's address inside its namespace.
+    pub address: Ipv4Addr,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl LanHost {
+    /// Creates a host, or says why it cannot (not root, no `ip`).
+    pub fn create() -> Result<Self, String> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        // A /30 per host, spread by pid so concurrent test binaries do not clash.
+        let slot = (pid.wrapping_mul(64).wrapping_add(n)) % (1 << 15);
+        let base = 0xC612_0000u32 | (slot << 2); // 198.18.0.0/15
+        let gateway = Ipv4Addr::from(base + 1);
+        let address = Ipv4Addr::from(base + 2);
+        let name = format!("ms{pid}x{n}");
+        let (outer, inner) = (format!("{name}o"), format!("{name}i"));
+        ip(&["netns", "add", &name])?;
+        let host = Self {
+            name: name.clone(),
+            gateway,
+            address,
+        };
+        // From here on, Drop cleans up whatever was created.
+        ip(&[
+            "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+        ])?;
+        ip(&["link", "set", &inner, "netns", &name])?;
+        ip(&["addr", "add", &format!("{gateway}/30"), "dev", &outer])?;
+        ip(&["link", "set", &outer, "up"])?;
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{address}/30"),
+            "dev",
+            &inner,
+        ])?;
+        ip(&["-n", &name, "link", "set", &inner, "up"])?;
+        ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        Ok(host)
+    }
+
+    /// A command that runs `program` inside this host.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+}
+
+impl Drop for LanHost {
+    fn drop(&mut self) {
+        // Deleting the namespace destroys its veth end, and with it our end.
+        let _ = ip(&["link", "del", &format!("{}o", self.name)]);
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
