@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release -q -p miostream-supervisor -p miostream-receiver -p miostream-broadcaster --examples
+cargo build --release -q -p miostream-supervisor -p miostream-receiver -p miostream-broadcaster --bins --examples
 bin=target/release
 work=$(mktemp -d)
 sup_pid=

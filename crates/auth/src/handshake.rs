@@ -19,14 +19,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aws_lc_rs::rsa::{OaepPrivateDecryptingKey, OaepPublicEncryptingKey, OAEP_SHA256_MGF1SHA256};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use miostream_protocol::signal::ErrorCode;
 use miostream_protocol::{ComponentType, PeerId, PeerMessage, SupervisorMessage, PROTOCOL_VERSION};
-use rsa::rand_core::CryptoRng;
-use rsa::sha2::Sha256;
-use rsa::Oaep;
-use sha2::Digest;
+use rand::CryptoRng;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::keys::{KeyError, KeyFingerprint, PrivateKey, PublicKey};
@@ -311,11 +310,7 @@ impl SupervisorHandshake {
             (SupervisorState::AwaitAuthResponse(peer), PeerMessage::AuthenticationResponse {}) => {
                 let mut nonce = [0u8; NONCE_LEN];
                 rng.fill_bytes(&mut nonce);
-                let encrypted = peer
-                    .key
-                    .key
-                    .encrypt(rng, Oaep::<Sha256>::new(), &nonce)
-                    .map_err(|e| AuthError::Crypto(e.to_string()))?;
+                let encrypted = encrypt(&peer.key, &nonce)?;
                 let expected = answer(&nonce, &self.binding, &peer, self.key.public());
                 self.state = SupervisorState::AwaitChallengeResponse(peer, expected);
                 Ok(SupervisorStep::Send(
@@ -442,12 +437,7 @@ impl PeerHandshake {
     }
 
     /// Feeds the supervisor's next message. Any error is final.
-    pub fn handle<R: CryptoRng + ?Sized>(
-        &mut self,
-        msg: SupervisorMessage,
-        now: Instant,
-        rng: &mut R,
-    ) -> Result<PeerStep, AuthError> {
+    pub fn handle(&mut self, msg: SupervisorMessage, now: Instant) -> Result<PeerStep, AuthError> {
         self.handle_timeout(now)?;
         if let SupervisorMessage::Error { code, message, .. } = msg {
             self.state = PeerState::Over;
@@ -498,11 +488,7 @@ impl PeerHandshake {
                     key: self.key.public().clone(),
                 };
                 let value = answer(&nonce, &self.binding, &me, &self.trusted);
-                let encrypted = self
-                    .trusted
-                    .key
-                    .encrypt(rng, Oaep::<Sha256>::new(), &value)
-                    .map_err(|e| AuthError::Crypto(e.to_string()))?;
+                let encrypted = encrypt(&self.trusted, &value)?;
                 self.state = PeerState::AwaitAuthenticated;
                 PeerStep::Send(PeerMessage::AuthenticationChallengeResponse {
                     answer: B64.encode(encrypted),
@@ -563,13 +549,29 @@ fn decrypt_exact<const N: usize>(key: &PrivateKey, b64: &str) -> Result<[u8; N],
     let ciphertext = B64
         .decode(b64)
         .map_err(|_| AuthError::BadChallenge("not base64"))?;
-    let plain = key
-        .key
-        .decrypt(Oaep::<Sha256>::new(), &ciphertext)
-        .map_err(|_| AuthError::BadChallenge("RSA-OAEP decryption failed"))?;
+    let failed = |_| AuthError::BadChallenge("RSA-OAEP decryption failed");
+    let oaep = OaepPrivateDecryptingKey::new(key.key.clone()).map_err(failed)?;
+    let mut plain = vec![0u8; oaep.min_output_size()];
+    let plain = oaep
+        .decrypt(&OAEP_SHA256_MGF1SHA256, &ciphertext, &mut plain, None)
+        .map_err(failed)?;
     plain
         .try_into()
         .map_err(|_| AuthError::BadChallenge("wrong plaintext length"))
+}
+
+/// RSA-OAEP (SHA-256) encryption to `key`. The padding's randomness comes
+/// from aws-lc's own RNG.
+fn encrypt(key: &PublicKey, plaintext: &[u8]) -> Result<Vec<u8>, AuthError> {
+    let crypto = |e: aws_lc_rs::error::Unspecified| AuthError::Crypto(e.to_string());
+    let oaep = OaepPublicEncryptingKey::new(key.key.clone()).map_err(crypto)?;
+    let mut out = vec![0u8; oaep.ciphertext_size()];
+    let len = oaep
+        .encrypt(&OAEP_SHA256_MGF1SHA256, plaintext, &mut out, None)
+        .map_err(crypto)?
+        .len();
+    out.truncate(len);
+    Ok(out)
 }
 
 #[cfg(test)]

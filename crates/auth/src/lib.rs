@@ -7,7 +7,7 @@
 //! secret both ends derive), so an answer recorded on one connection is
 //! worthless on another.
 //!
-//! Keys are RSA (≥ 2048 bits), encryption is RSA-OAEP with SHA-256.
+//! Keys are RSA (≥ 2048 bits), encryption is RSA-OAEP with SHA-256 (aws-lc-rs).
 
 mod handshake;
 mod keys;
@@ -16,4 +16,6 @@ pub use handshake::{
     AuthError, Authenticated, Authorizer, HandshakeConfig, PeerHandshake, PeerStep,
     SupervisorHandshake, SupervisorStep, CHANNEL_BINDING_LABEL,
 };
-pub use keys::{KeyError, KeyFingerprint, PrivateKey, PublicKey, MAX_RSA_BITS, MIN_RSA_BITS};
+pub use keys::{
+    KeyError, KeyFingerprint, PrivateKey, PublicKey, MAX_RSA_BITS, MIN_RSA_BITS, RSA_KEY_SIZES,
+};

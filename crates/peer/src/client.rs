@@ -239,8 +239,7 @@ impl SupervisorClient {
         );
         loop {
             let msg = recv_message(&mut ws, step_timeout).await?;
-            // The thread-local RNG must not live across an await.
-            let step = hs.handle(msg, std::time::Instant::now(), &mut rand::rng())?;
+            let step = hs.handle(msg, std::time::Instant::now())?;
             match step {
                 PeerStep::Send(m) => send_message(&mut ws, &m).await?,
                 PeerStep::Authenticated {

@@ -58,11 +58,10 @@ pub fn keygen(dir: &Path, bits: usize) -> Result<Identity, IdentityError> {
         return Err(IdentityError::Exists(key_path));
     }
     fs::create_dir_all(dir).map_err(io(dir))?;
-    let key =
-        PrivateKey::generate(&mut rand::rng(), bits).map_err(|source| IdentityError::Key {
-            path: key_path.clone(),
-            source,
-        })?;
+    let key = PrivateKey::generate(bits).map_err(|source| IdentityError::Key {
+        path: key_path.clone(),
+        source,
+    })?;
     let pem = key.to_pem().map_err(|source| IdentityError::Key {
         path: key_path.clone(),
         source,

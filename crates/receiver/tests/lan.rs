@@ -58,8 +58,7 @@ async fn a_receiver_on_another_host_lists_streams_over_tls() {
         .unwrap();
 
     // A broadcaster (here, in the test's namespace) announces a stream.
-    let bkey =
-        std::sync::Arc::new(miostream_auth::PrivateKey::generate(&mut rand::rng(), 2048).unwrap());
+    let bkey = std::sync::Arc::new(miostream_auth::PrivateKey::generate(2048).unwrap());
     std::fs::write(tmp.path().join("b.pub"), bkey.public().to_pem()).unwrap();
     state
         .authorize(&tmp.path().join("b.pub"), ComponentType::Broadcaster)

@@ -3,7 +3,7 @@
 //! handshakes per second and the supervisor's memory per idle peer.
 //!
 //! ```text
-//! cargo build --release -p miostream-supervisor --examples
+//! cargo build --release -p miostream-supervisor --bins --examples
 //! ulimit -n 65536
 //! target/release/examples/loadgen --peers 10000 --concurrency 128
 //! ```
@@ -95,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
         .replace("timeout_ms = 5000\n", "timeout_ms = 20000\n")
         .replace("max_unauthenticated = 1024", "max_unauthenticated = 4096");
     std::fs::write(dir.join("config.toml"), config)?;
-    let key = Arc::new(PrivateKey::generate(&mut rand::rng(), 2048)?);
+    let key = Arc::new(PrivateKey::generate(2048)?);
     std::fs::write(tmp.path().join("peer.pub"), key.public().to_pem())?;
     Command::new(&bin)
         .args(["authorize", "--dir"])

@@ -174,11 +174,10 @@ impl StateDir {
         for d in [self.root.clone(), self.root.join("tls"), self.trust_dir()] {
             fs::create_dir_all(&d).map_err(io(&d))?;
         }
-        let key =
-            PrivateKey::generate(&mut rand::rng(), rsa_bits).map_err(|source| StateError::Key {
-                path: self.root.join("supervisor.key"),
-                source,
-            })?;
+        let key = PrivateKey::generate(rsa_bits).map_err(|source| StateError::Key {
+            path: self.root.join("supervisor.key"),
+            source,
+        })?;
         let pem = key.to_pem().map_err(|source| StateError::Key {
             path: self.root.join("supervisor.key"),
             source,
@@ -443,7 +442,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::new(tmp.path());
         dir.init("127.0.0.1:0".parse().unwrap(), &[], 2048).unwrap();
-        let key = PrivateKey::generate(&mut rand::rng(), 2048).unwrap();
+        let key = PrivateKey::generate(2048).unwrap();
         let pub_file = tmp.path().join("peer.pub");
         fs::write(&pub_file, key.public().to_pem()).unwrap();
         let fp = dir.authorize(&pub_file, ComponentType::Receiver).unwrap();

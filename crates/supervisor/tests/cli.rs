@@ -55,7 +55,7 @@ fn init_authorize_run_and_stop_on_sigterm() {
     );
 
     // Authorize a key; bad files are refused clearly.
-    let key = miostream_auth::PrivateKey::generate(&mut rand::rng(), 2048).unwrap();
+    let key = miostream_auth::PrivateKey::generate(2048).unwrap();
     let pub_path = tmp.path().join("peer.pub");
     std::fs::write(&pub_path, key.public().to_pem()).unwrap();
     let out = run(&[

@@ -28,7 +28,7 @@ fn keys() -> &'static [Arc<PrivateKey>] {
     static KEYS: OnceLock<Vec<Arc<PrivateKey>>> = OnceLock::new();
     KEYS.get_or_init(|| {
         (0..12)
-            .map(|_| Arc::new(PrivateKey::generate(&mut rand::rng(), 2048).unwrap()))
+            .map(|_| Arc::new(PrivateKey::generate(2048).unwrap()))
             .collect()
     })
 }
@@ -272,10 +272,7 @@ async fn handshake_to_answer(
     );
     loop {
         let msg = conn.recv(WAIT).await.unwrap();
-        match hs
-            .handle(msg, std::time::Instant::now(), &mut rand::rng())
-            .unwrap()
-        {
+        match hs.handle(msg, std::time::Instant::now()).unwrap() {
             PeerStep::Send(m @ PeerMessage::AuthenticationChallengeResponse { .. }) => {
                 return (conn, m)
             }

@@ -92,7 +92,7 @@ impl Pair {
     /// peer's reply.
     fn peer_turn(&mut self) -> Result<PeerStep, AuthError> {
         let msg = self.to_peer.take().expect("a message for the peer");
-        self.peer.handle(msg, self.now, &mut self.rng)
+        self.peer.handle(msg, self.now)
     }
 
     fn sup_turn(&mut self, msg: PeerMessage) -> Result<SupervisorStep, AuthError> {
@@ -248,15 +248,13 @@ fn untrusted_supervisor_key_is_refused_by_the_peer() {
         Duration::from_secs(5),
         now,
     );
-    let mut rng = ChaCha20Rng::seed_from_u64(3);
-    peer.handle(first, now, &mut rng).unwrap();
+    peer.handle(first, now).unwrap();
     let err = peer
         .handle(
             SupervisorMessage::AuthenticationRequest {
                 public_key: test_key(STRANGER).public().to_pem().to_owned(),
             },
             now,
-            &mut rng,
         )
         .unwrap_err();
     assert!(
