@@ -10,3 +10,32 @@ mod identity;
 
 pub use client::{ClientError, SupervisorClient, SupervisorConnection, SupervisorUrl};
 pub use identity::{keygen, Identity, IdentityError, Trust};
+
+/// An error chain as one line for a CLI's stderr: causes that the outer
+/// messages already quote are not repeated.
+pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_line_does_not_repeat_quoted_causes() {
+        let inner = std::io::Error::other("disk on fire");
+        let outer = crate::IdentityError::Io {
+            path: "/x/peer.key".into(),
+            source: inner,
+        };
+        assert_eq!(super::one_line(&outer), "/x/peer.key: disk on fire");
+    }
+}

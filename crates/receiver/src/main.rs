@@ -58,7 +58,10 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("miostream-receiver: {e:#}");
+            eprintln!(
+                "miostream-receiver: {}",
+                miostream_peer::one_line(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

@@ -81,7 +81,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("miostream-supervisor: {e:#}");
+            eprintln!("miostream-supervisor: {}", one_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -130,6 +130,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// The error chain as one line; causes already quoted are not repeated.
+fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
 }
 
 /// Completes on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
