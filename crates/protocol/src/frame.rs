@@ -9,8 +9,11 @@
 //!   28..36 broadcaster send time (µs since the Unix epoch)
 //!   36..38 payload_len (≤ 16 KiB)   38 tag_len (≤ 128)
 //!   39.. tag, then payload
-//! Heartbeat (type 2), 18 bytes: 2..10 counter, 10..18 sender's clock (µs)
+//! Heartbeat (type 2), 20 bytes: 2..10 counter, 10..18 sender's clock (µs),
+//!   18..20 sender's depth (hops from the broadcaster; 0xFFFF = not fed)
 //! GapRequest (type 3), 22 bytes: 2..10 stream id, 10..18 first seq, 18..22 count
+//! Subscribe (type 4), 19 bytes: 2..10 stream id, 10..18 from seq, 18 flags
+//! Unsubscribe (type 5), 10 bytes: 2..10 stream id
 //! ```
 //!
 //! The decoder borrows from its input, checks every length against both the
@@ -33,8 +36,51 @@ pub const MAX_GAP_COUNT: u32 = 4096;
 const TYPE_CHUNK: u8 = 1;
 const TYPE_HEARTBEAT: u8 = 2;
 const TYPE_GAP_REQUEST: u8 = 3;
-const HEARTBEAT_LEN: usize = 18;
+const TYPE_SUBSCRIBE: u8 = 4;
+const TYPE_UNSUBSCRIBE: u8 = 5;
+const HEARTBEAT_LEN: usize = 20;
 const GAP_REQUEST_LEN: usize = 22;
+const SUBSCRIBE_LEN: usize = 19;
+const UNSUBSCRIBE_LEN: usize = 10;
+
+/// Flags of a [`Frame::Subscribe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SubscribeFlags(u8);
+
+impl SubscribeFlags {
+    /// Send the init segment first (a peer that has none yet).
+    pub const NEED_INIT: Self = Self(0x01);
+    /// Ignore `from`: start at the latest cluster that begins with a video
+    /// keyframe (a late joiner).
+    pub const FROM_KEYFRAME: Self = Self(0x02);
+    const ALL: u8 = 0x03;
+
+    /// No flags.
+    pub const fn empty() -> Self {
+        Self(0)
+    }
+    /// The raw byte.
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+    /// From a raw byte, if every bit is defined.
+    pub const fn from_bits(bits: u8) -> Option<Self> {
+        if bits & !Self::ALL == 0 {
+            Some(Self(bits))
+        } else {
+            None
+        }
+    }
+    /// Whether all bits of `other` are set.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+    /// Union.
+    #[must_use]
+    pub const fn with(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+}
 
 /// Why a frame was rejected. Carries enough context to log and act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,6 +125,9 @@ pub enum FrameError {
         /// The chunk kind.
         kind: ChunkKind,
     },
+    /// Undefined bits in a subscribe frame's flags.
+    #[error("invalid subscribe flags {0:#04x}")]
+    BadSubscribeFlags(u8),
     /// A declared length above its limit.
     #[error("{field} of {len} exceeds the limit of {max}")]
     FieldTooLarge {
@@ -252,12 +301,14 @@ impl ChunkRef<'_> {
 pub enum Frame {
     /// A media or init chunk.
     Chunk(Chunk),
-    /// Link liveness probe; the receiver of one answers with its own.
+    /// Link liveness probe, sent on every link every few tens of ms.
     Heartbeat {
         /// Sender's counter.
         counter: u64,
-        /// Sender's clock (µs), echoed for RTT estimates.
+        /// Sender's clock (µs), for RTT estimates.
         time_us: u64,
+        /// Sender's hops from the broadcaster (`u16::MAX`: not fed).
+        depth: u16,
     },
     /// "Send me chunks `first..first+count` from your buffer" (gap fill).
     GapRequest {
@@ -267,6 +318,20 @@ pub enum Frame {
         first: u64,
         /// How many (≤ [`MAX_GAP_COUNT`]).
         count: u32,
+    },
+    /// "Feed me: your buffered chunks from `from`, then every new one."
+    Subscribe {
+        /// Stream.
+        stream: StreamId,
+        /// First sequence number wanted.
+        from: u64,
+        /// Init segment first? Start at the latest keyframe instead?
+        flags: SubscribeFlags,
+    },
+    /// "Stop feeding me."
+    Unsubscribe {
+        /// Stream.
+        stream: StreamId,
     },
 }
 
@@ -281,6 +346,8 @@ pub enum FrameRef<'a> {
         counter: u64,
         /// Sender's clock (µs).
         time_us: u64,
+        /// Sender's depth.
+        depth: u16,
     },
     /// See [`Frame::GapRequest`].
     GapRequest {
@@ -291,6 +358,20 @@ pub enum FrameRef<'a> {
         /// How many.
         count: u32,
     },
+    /// See [`Frame::Subscribe`].
+    Subscribe {
+        /// Stream.
+        stream: StreamId,
+        /// First sequence number wanted.
+        from: u64,
+        /// Flags.
+        flags: SubscribeFlags,
+    },
+    /// See [`Frame::Unsubscribe`].
+    Unsubscribe {
+        /// Stream.
+        stream: StreamId,
+    },
 }
 
 impl Frame {
@@ -298,10 +379,25 @@ impl Frame {
     pub fn as_ref(&self) -> FrameRef<'_> {
         match self {
             Frame::Chunk(c) => FrameRef::Chunk(c.as_ref()),
-            Frame::Heartbeat { counter, time_us } => FrameRef::Heartbeat {
+            Frame::Heartbeat {
+                counter,
+                time_us,
+                depth,
+            } => FrameRef::Heartbeat {
                 counter: *counter,
                 time_us: *time_us,
+                depth: *depth,
             },
+            Frame::Subscribe {
+                stream,
+                from,
+                flags,
+            } => FrameRef::Subscribe {
+                stream: *stream,
+                from: *from,
+                flags: *flags,
+            },
+            Frame::Unsubscribe { stream } => FrameRef::Unsubscribe { stream: *stream },
             Frame::GapRequest {
                 stream,
                 first,
@@ -332,10 +428,31 @@ impl<'a> FrameRef<'a> {
     pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), FrameError> {
         match *self {
             FrameRef::Chunk(c) => c.encode_into(out),
-            FrameRef::Heartbeat { counter, time_us } => {
+            FrameRef::Heartbeat {
+                counter,
+                time_us,
+                depth,
+            } => {
                 out.extend_from_slice(&[PROTOCOL_VERSION, TYPE_HEARTBEAT]);
                 out.extend_from_slice(&counter.to_be_bytes());
                 out.extend_from_slice(&time_us.to_be_bytes());
+                out.extend_from_slice(&depth.to_be_bytes());
+                Ok(())
+            }
+            FrameRef::Subscribe {
+                stream,
+                from,
+                flags,
+            } => {
+                out.extend_from_slice(&[PROTOCOL_VERSION, TYPE_SUBSCRIBE]);
+                out.extend_from_slice(&stream.0.to_be_bytes());
+                out.extend_from_slice(&from.to_be_bytes());
+                out.push(flags.bits());
+                Ok(())
+            }
+            FrameRef::Unsubscribe { stream } => {
+                out.extend_from_slice(&[PROTOCOL_VERSION, TYPE_UNSUBSCRIBE]);
+                out.extend_from_slice(&stream.0.to_be_bytes());
                 Ok(())
             }
             FrameRef::GapRequest {
@@ -372,6 +489,23 @@ impl<'a> FrameRef<'a> {
                 Ok(FrameRef::Heartbeat {
                     counter: be_u64(bytes, 2),
                     time_us: be_u64(bytes, 10),
+                    depth: u16::from_be_bytes([bytes[18], bytes[19]]),
+                })
+            }
+            TYPE_SUBSCRIBE => {
+                exact(bytes, SUBSCRIBE_LEN)?;
+                let flags = SubscribeFlags::from_bits(bytes[18])
+                    .ok_or(FrameError::BadSubscribeFlags(bytes[18]))?;
+                Ok(FrameRef::Subscribe {
+                    stream: StreamId(be_u64(bytes, 2)),
+                    from: be_u64(bytes, 10),
+                    flags,
+                })
+            }
+            TYPE_UNSUBSCRIBE => {
+                exact(bytes, UNSUBSCRIBE_LEN)?;
+                Ok(FrameRef::Unsubscribe {
+                    stream: StreamId(be_u64(bytes, 2)),
                 })
             }
             TYPE_GAP_REQUEST => {
@@ -392,7 +526,25 @@ impl<'a> FrameRef<'a> {
     pub fn to_owned(&self) -> Frame {
         match *self {
             FrameRef::Chunk(c) => Frame::Chunk(c.to_owned()),
-            FrameRef::Heartbeat { counter, time_us } => Frame::Heartbeat { counter, time_us },
+            FrameRef::Heartbeat {
+                counter,
+                time_us,
+                depth,
+            } => Frame::Heartbeat {
+                counter,
+                time_us,
+                depth,
+            },
+            FrameRef::Subscribe {
+                stream,
+                from,
+                flags,
+            } => Frame::Subscribe {
+                stream,
+                from,
+                flags,
+            },
+            FrameRef::Unsubscribe { stream } => Frame::Unsubscribe { stream },
             FrameRef::GapRequest {
                 stream,
                 first,
@@ -598,6 +750,15 @@ mod tests {
             Frame::Heartbeat {
                 counter: 3,
                 time_us: 77,
+                depth: 4,
+            },
+            Frame::Subscribe {
+                stream: StreamId(9),
+                from: 100,
+                flags: SubscribeFlags::NEED_INIT.with(SubscribeFlags::FROM_KEYFRAME),
+            },
+            Frame::Unsubscribe {
+                stream: StreamId(9),
             },
             Frame::GapRequest {
                 stream: StreamId(1),

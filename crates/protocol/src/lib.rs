@@ -6,7 +6,7 @@
 //!   reconfiguration and the signaling relay). The first exchange carries
 //!   [`PROTOCOL_VERSION`].
 //! - [`frame`]: compact binary frames between peers over WebRTC data channels
-//!   (media chunks, link heartbeats and gap-fill requests).
+//!   (media chunks, link heartbeats, subscriptions and gap-fill requests).
 //!
 //! Every decoder here bounds its input and reports malformed data with a
 //! typed error; none of them panics on peer input.
@@ -17,7 +17,7 @@ pub mod signal;
 
 pub use frame::{
     Chunk, ChunkFlags, ChunkHeader, ChunkKind, ChunkRef, Frame, FrameError, FrameRef,
-    MAX_CHUNK_PAYLOAD, MAX_FRAME_LEN, MAX_TAG_LEN,
+    SubscribeFlags, MAX_CHUNK_PAYLOAD, MAX_FRAME_LEN, MAX_TAG_LEN,
 };
 pub use ids::{ComponentType, IntegrityMode, PeerId, StreamId, TopologyKind};
 pub use signal::{PeerMessage, SignalError, SupervisorMessage};

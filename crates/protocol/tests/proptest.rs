@@ -1,6 +1,8 @@
 //! Round trips for arbitrary values, and the decoders never panic on
 //! arbitrary bytes or text.
 
+#![allow(clippy::unwrap_used)] // generated values are valid by construction
+
 use miostream_protocol::frame::MAX_GAP_COUNT;
 use miostream_protocol::signal::{Capacity, Links, SignalPayload, StreamInfo};
 use miostream_protocol::*;
@@ -50,8 +52,21 @@ fn chunk() -> impl Strategy<Value = Chunk> {
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         chunk().prop_map(Frame::Chunk),
-        (any::<u64>(), any::<u64>())
-            .prop_map(|(counter, time_us)| Frame::Heartbeat { counter, time_us }),
+        (any::<u64>(), any::<u64>(), any::<u16>()).prop_map(|(counter, time_us, depth)| {
+            Frame::Heartbeat {
+                counter,
+                time_us,
+                depth,
+            }
+        }),
+        (any::<u64>(), any::<u64>(), 0u8..4).prop_map(|(s, from, f)| Frame::Subscribe {
+            stream: StreamId(s),
+            from,
+            flags: SubscribeFlags::from_bits(f).unwrap(),
+        }),
+        any::<u64>().prop_map(|s| Frame::Unsubscribe {
+            stream: StreamId(s)
+        }),
         (any::<u64>(), any::<u64>(), 0..=MAX_GAP_COUNT).prop_map(|(s, first, count)| {
             Frame::GapRequest {
                 stream: StreamId(s),
