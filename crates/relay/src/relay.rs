@@ -1,0 +1,685 @@
+//! [`Relay`]: one peer's data plane in one stream.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
+
+use bytes::Bytes;
+use miostream_protocol::frame::MAX_GAP_COUNT;
+use miostream_protocol::signal::Links;
+use miostream_protocol::{
+    ChunkFlags, ChunkKind, Frame, FrameRef, PeerId, StreamId, SubscribeFlags, TopologyKind,
+};
+
+use crate::store::ChunkStore;
+use crate::{Output, RelayConfig, Verify};
+
+/// Depth advertised by a peer that is not fed.
+const UNREACHABLE: u16 = u16::MAX;
+/// Depths at or beyond this count as unreachable (ends count-to-infinity).
+const MAX_DEPTH: u16 = 64;
+
+/// Counters for the receiver summary and the monitor.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RelayStats {
+    /// New chunks accepted (verified, not duplicates).
+    pub chunks_received: u64,
+    /// Their payload bytes.
+    pub bytes_received: u64,
+    /// Copies of chunks held already (redundant upstreams, gap fill overlap).
+    pub duplicates: u64,
+    /// Chunks that failed verification or were malformed.
+    pub rejected: u64,
+    /// Chunks delivered to the local player.
+    pub delivered: u64,
+    /// Chunks skipped because they never arrived.
+    pub skipped: u64,
+    /// Gap requests sent.
+    pub gap_requests: u64,
+    /// Upstreams added after the first (failovers and reconfigurations).
+    pub upstream_changes: u64,
+    /// Links declared dead by missed heartbeats.
+    pub dead_links: u64,
+}
+
+#[derive(Debug)]
+struct Link {
+    last_heard: Instant,
+    depth: u16,
+}
+
+#[derive(Debug)]
+struct Hole {
+    since: Instant,
+    last_ask: Option<Instant>,
+    asked: Vec<PeerId>,
+}
+
+/// One peer's data plane for one stream (see the crate docs).
+#[derive(Debug)]
+pub struct Relay<V> {
+    me: PeerId,
+    stream: StreamId,
+    source: bool,
+    kind: TopologyKind,
+    config: RelayConfig,
+    verify: V,
+    links: Links,
+    up: HashMap<PeerId, Link>,
+    subscribers: HashSet<PeerId>,
+    upstreams: Vec<PeerId>,
+    ever_subscribed: bool,
+    store: ChunkStore,
+    next_deliver: Option<u64>,
+    init_delivered: Option<u64>,
+    hole: Option<Hole>,
+    heartbeat_counter: u64,
+    next_heartbeat: Instant,
+    epoch: Instant,
+    out: VecDeque<Output>,
+    stats: RelayStats,
+}
+
+impl<V: Verify> Relay<V> {
+    /// The relay of the stream's source (the broadcaster, the overlay's root).
+    pub fn source(
+        me: PeerId,
+        stream: StreamId,
+        kind: TopologyKind,
+        config: RelayConfig,
+        verify: V,
+        now: Instant,
+    ) -> Self {
+        Self::new(me, stream, true, kind, config, verify, now)
+    }
+
+    /// The relay of a receiver.
+    pub fn receiver(
+        me: PeerId,
+        stream: StreamId,
+        kind: TopologyKind,
+        config: RelayConfig,
+        verify: V,
+        now: Instant,
+    ) -> Self {
+        Self::new(me, stream, false, kind, config, verify, now)
+    }
+
+    fn new(
+        me: PeerId,
+        stream: StreamId,
+        source: bool,
+        kind: TopologyKind,
+        config: RelayConfig,
+        verify: V,
+        now: Instant,
+    ) -> Self {
+        Self {
+            me,
+            stream,
+            source,
+            kind,
+            next_heartbeat: now,
+            epoch: now,
+            config,
+            verify,
+            links: Links::default(),
+            up: HashMap::new(),
+            subscribers: HashSet::new(),
+            upstreams: Vec::new(),
+            ever_subscribed: false,
+            store: ChunkStore::default(),
+            next_deliver: None,
+            init_delivered: None,
+            hole: None,
+            heartbeat_counter: 0,
+            out: VecDeque::new(),
+            stats: RelayStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &RelayStats {
+        &self.stats
+    }
+
+    /// Peers currently feeding us.
+    pub fn upstreams(&self) -> &[PeerId] {
+        &self.upstreams
+    }
+
+    /// Peers we currently feed.
+    pub fn subscribers(&self) -> impl Iterator<Item = &PeerId> {
+        self.subscribers.iter()
+    }
+
+    /// Hops from the source over our current upstreams.
+    pub fn depth(&self) -> u16 {
+        if self.source {
+            return 0;
+        }
+        self.upstreams
+            .iter()
+            .filter_map(|p| self.up.get(p))
+            .map(|l| l.depth)
+            .filter(|d| *d < MAX_DEPTH)
+            .min()
+            .map_or(UNREACHABLE, |d| d + 1)
+    }
+
+    /// The next chunk the local player needs (`None` before the first keyframe).
+    pub fn next_deliver(&self) -> Option<u64> {
+        self.next_deliver
+    }
+
+    /// The chunk buffer.
+    pub fn store(&self) -> &ChunkStore {
+        &self.store
+    }
+
+    /// The supervisor sent our new link set.
+    pub fn set_links(&mut self, links: Links, now: Instant) {
+        let linked: HashSet<PeerId> = links.all_peers().collect();
+        self.up.retain(|p, _| linked.contains(p));
+        self.subscribers.retain(|p| linked.contains(p));
+        self.upstreams.retain(|p| linked.contains(p));
+        self.links = links;
+        self.refresh_upstreams(now);
+    }
+
+    /// The data channel to `peer` opened.
+    pub fn link_up(&mut self, peer: PeerId, now: Instant) {
+        if !self.links.all_peers().any(|p| p == peer) {
+            return;
+        }
+        self.up.insert(
+            peer,
+            Link {
+                last_heard: now,
+                depth: UNREACHABLE,
+            },
+        );
+        // Tell it our depth at once: it may be choosing upstreams.
+        let hb = self.heartbeat_frame(now);
+        self.out.push_back(Output::Send {
+            to: peer,
+            frame: hb,
+        });
+        self.refresh_upstreams(now);
+    }
+
+    /// The data channel to `peer` closed or failed.
+    pub fn link_down(&mut self, peer: PeerId, now: Instant) {
+        if self.up.remove(&peer).is_some() {
+            self.subscribers.remove(&peer);
+            self.upstreams.retain(|p| *p != peer);
+            self.refresh_upstreams(now);
+        }
+    }
+
+    /// The broadcaster publishes its next chunk (an encoded, tagged frame).
+    pub fn publish(&mut self, frame: Bytes, now: Instant) {
+        let Ok(FrameRef::Chunk(chunk)) = FrameRef::decode(&frame) else {
+            return;
+        };
+        let header = chunk.header;
+        if self.store.insert(header, frame.clone()) {
+            self.forward(None, &frame);
+        }
+        self.store
+            .evict(self.config.buffer, self.config.max_buffered_chunks);
+        let _ = now;
+    }
+
+    /// A frame arrived on the link from `from`.
+    pub fn handle_frame(&mut self, from: PeerId, frame: Bytes, now: Instant) {
+        let Some(link) = self.up.get_mut(&from) else {
+            return; // not a live link of ours
+        };
+        link.last_heard = now;
+        let decoded = match FrameRef::decode(&frame) {
+            Ok(f) => f,
+            Err(e) => {
+                self.stats.rejected += 1;
+                self.out.push_back(Output::Rejected {
+                    from,
+                    seq: None,
+                    reason: e.to_string(),
+                });
+                return;
+            }
+        };
+        match decoded {
+            FrameRef::Heartbeat { depth, .. } => {
+                let changed = link.depth != depth;
+                link.depth = depth;
+                if changed && self.kind == TopologyKind::Mesh {
+                    self.refresh_upstreams(now);
+                }
+            }
+            FrameRef::Chunk(chunk) => {
+                let header = chunk.header;
+                if header.stream != self.stream {
+                    self.reject(
+                        from,
+                        Some(header.seq),
+                        format!("chunk of {:?}, not {:?}", header.stream, self.stream),
+                    );
+                    return;
+                }
+                let stale = header.kind == ChunkKind::Media
+                    && self.next_deliver.is_some_and(|n| header.seq < n);
+                if stale || self.store.contains(header.seq) {
+                    self.stats.duplicates += 1;
+                    return;
+                }
+                if let Err(reason) = self.verify.verify(&chunk) {
+                    self.reject(from, Some(header.seq), reason);
+                    return;
+                }
+                self.stats.chunks_received += 1;
+                self.stats.bytes_received += chunk.payload.len() as u64;
+                self.store.insert(header, frame.clone());
+                self.forward(Some(from), &frame);
+                self.deliver(now);
+                self.store
+                    .evict(self.config.buffer, self.config.max_buffered_chunks);
+            }
+            FrameRef::Subscribe {
+                stream,
+                from: first,
+                flags,
+            } if stream == self.stream => {
+                self.subscribers.insert(from);
+                self.serve_subscription(from, first, flags);
+            }
+            FrameRef::Unsubscribe { stream } if stream == self.stream => {
+                self.subscribers.remove(&from);
+            }
+            FrameRef::GapRequest {
+                stream,
+                first,
+                count,
+            } if stream == self.stream => {
+                let end = first.saturating_add(u64::from(count));
+                let frames: Vec<Bytes> = self
+                    .store
+                    .media_from(first)
+                    .take_while(|(h, _)| h.seq < end)
+                    .map(|(_, f)| f.clone())
+                    .collect();
+                for frame in frames {
+                    self.out.push_back(Output::Send { to: from, frame });
+                }
+            }
+            FrameRef::Subscribe { .. }
+            | FrameRef::Unsubscribe { .. }
+            | FrameRef::GapRequest { .. } => {
+                self.reject(from, None, "control frame for another stream".into());
+            }
+        }
+    }
+
+    /// Runs timers: heartbeats, dead links, hole repair. Call at
+    /// [`poll_timeout`](Self::poll_timeout) or later.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let dead: Vec<PeerId> = self
+            .up
+            .iter()
+            .filter(|(_, l)| now.saturating_duration_since(l.last_heard) > self.config.link_timeout)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in dead {
+            self.stats.dead_links += 1;
+            self.out.push_back(Output::LinkDead { peer });
+            self.link_down(peer, now);
+        }
+        if now >= self.next_heartbeat {
+            let hb = self.heartbeat_frame(now);
+            for &peer in self.up.keys() {
+                self.out.push_back(Output::Send {
+                    to: peer,
+                    frame: hb.clone(),
+                });
+            }
+            self.next_heartbeat = now + self.config.heartbeat_interval;
+        }
+        self.repair_hole(now);
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    pub fn poll_timeout(&self) -> Instant {
+        let mut t = self.next_heartbeat;
+        for l in self.up.values() {
+            t = t.min(l.last_heard + self.config.link_timeout);
+        }
+        if let Some(h) = &self.hole {
+            let ask = h.last_ask.unwrap_or(h.since) + self.config.gap_timeout;
+            t = t.min(ask).min(h.since + self.config.max_hole_wait);
+        }
+        t
+    }
+
+    /// The next thing for the driver to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    fn reject(&mut self, from: PeerId, seq: Option<u64>, reason: String) {
+        self.stats.rejected += 1;
+        self.out.push_back(Output::Rejected { from, seq, reason });
+    }
+
+    fn heartbeat_frame(&mut self, now: Instant) -> Bytes {
+        self.heartbeat_counter += 1;
+        let frame = Frame::Heartbeat {
+            counter: self.heartbeat_counter,
+            time_us: now.saturating_duration_since(self.epoch).as_micros() as u64,
+            depth: self.depth(),
+        };
+        Bytes::from(frame.encode().unwrap_or_default())
+    }
+
+    fn forward(&mut self, except: Option<PeerId>, frame: &Bytes) {
+        for &peer in &self.subscribers {
+            if Some(peer) != except {
+                self.out.push_back(Output::Send {
+                    to: peer,
+                    frame: frame.clone(),
+                });
+            }
+        }
+    }
+
+    fn serve_subscription(&mut self, to: PeerId, first: u64, flags: SubscribeFlags) {
+        if flags.contains(SubscribeFlags::NEED_INIT) {
+            for frame in self.store.init_frames() {
+                self.out.push_back(Output::Send {
+                    to,
+                    frame: frame.clone(),
+                });
+            }
+        }
+        let start = if flags.contains(SubscribeFlags::FROM_KEYFRAME) {
+            match self.store.latest_keyframe() {
+                Some(s) => s,
+                None => return, // live chunks will follow
+            }
+        } else {
+            first
+        };
+        for (_, frame) in self.store.media_from(start) {
+            self.out.push_back(Output::Send {
+                to,
+                frame: frame.clone(),
+            });
+        }
+    }
+
+    /// Upstream candidates in order of preference (live links only).
+    fn candidates(&self) -> Vec<PeerId> {
+        let live =
+            |p: &PeerId| self.up.contains_key(p) && !self.subscribers.contains(p) && *p != self.me;
+        let mut out: Vec<PeerId> = Vec::new();
+        let push = |p: PeerId, out: &mut Vec<PeerId>| {
+            if live(&p) && !out.contains(&p) {
+                out.push(p);
+            }
+        };
+        for &p in &self.links.parents {
+            push(p, &mut out);
+        }
+        match self.kind {
+            TopologyKind::List | TopologyKind::Tree => {
+                for &p in &self.links.backup_parents {
+                    push(p, &mut out);
+                }
+            }
+            TopologyKind::Mesh => {
+                let mut by_depth: Vec<(u16, PeerId)> = self
+                    .links
+                    .neighbours
+                    .iter()
+                    .filter_map(|p| self.up.get(p).map(|l| (l.depth, *p)))
+                    .filter(|(d, _)| *d < MAX_DEPTH)
+                    .collect();
+                by_depth.sort();
+                let best = by_depth.first().map(|(d, _)| *d);
+                for (d, p) in by_depth {
+                    // Only the nearest ring: a farther neighbour may be fed by us.
+                    if best.is_some_and(|b| d <= b + 1) {
+                        push(p, &mut out);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn refresh_upstreams(&mut self, now: Instant) {
+        if self.source {
+            return;
+        }
+        let candidates = self.candidates();
+        let want = self.config.redundancy.max(1);
+        // Keep what still qualifies; fill free slots in order of preference;
+        // a live primary parent always gets a slot.
+        let mut next: Vec<PeerId> = self
+            .upstreams
+            .iter()
+            .copied()
+            .filter(|p| candidates.contains(p))
+            .collect();
+        for &c in &candidates {
+            if next.len() >= want {
+                break;
+            }
+            if !next.contains(&c) {
+                next.push(c);
+            }
+        }
+        for &p in self.links.parents.iter() {
+            if candidates.contains(&p) && !next.contains(&p) {
+                if next.len() >= want {
+                    if let Some(i) = next.iter().rposition(|q| !self.links.parents.contains(q)) {
+                        next.remove(i);
+                    }
+                }
+                next.push(p);
+            }
+        }
+        let added: Vec<PeerId> = next
+            .iter()
+            .copied()
+            .filter(|p| !self.upstreams.contains(p))
+            .collect();
+        let removed: Vec<PeerId> = self
+            .upstreams
+            .iter()
+            .copied()
+            .filter(|p| !next.contains(p))
+            .collect();
+        for peer in removed {
+            let frame = Frame::Unsubscribe {
+                stream: self.stream,
+            }
+            .encode()
+            .unwrap_or_default();
+            self.out.push_back(Output::Send {
+                to: peer,
+                frame: Bytes::from(frame),
+            });
+        }
+        for &peer in &added {
+            if self.ever_subscribed {
+                self.stats.upstream_changes += 1;
+            }
+            self.ever_subscribed = true;
+            let mut flags = SubscribeFlags::empty();
+            if !self.store.has_init() {
+                flags = flags.with(SubscribeFlags::NEED_INIT);
+            }
+            let from = match self.next_deliver {
+                Some(n) => n,
+                None => {
+                    flags = flags.with(SubscribeFlags::FROM_KEYFRAME);
+                    0
+                }
+            };
+            let frame = Frame::Subscribe {
+                stream: self.stream,
+                from,
+                flags,
+            }
+            .encode()
+            .unwrap_or_default();
+            self.out.push_back(Output::Send {
+                to: peer,
+                frame: Bytes::from(frame),
+            });
+        }
+        let depth_before = self.depth();
+        self.upstreams = next;
+        if self.depth() != depth_before {
+            // Neighbours choosing upstreams should know at once.
+            self.next_heartbeat = now;
+        }
+    }
+
+    /// Delivers what is contiguous; opens or closes the hole timer.
+    fn deliver(&mut self, now: Instant) {
+        if self.source {
+            return;
+        }
+        // The init segment, once complete (again after a re-init).
+        if self.store.has_init() {
+            let first_init =
+                self.store
+                    .init_frames()
+                    .next()
+                    .and_then(|f| match FrameRef::decode(f) {
+                        Ok(FrameRef::Chunk(c)) => Some(c.header.seq),
+                        _ => None,
+                    });
+            if first_init.is_some() && first_init != self.init_delivered {
+                self.init_delivered = first_init;
+                let frames: Vec<Bytes> = self.store.init_frames().cloned().collect();
+                for f in frames {
+                    self.emit(&f);
+                }
+            }
+        }
+        if self.init_delivered.is_none() {
+            return;
+        }
+        if self.next_deliver.is_none() {
+            self.next_deliver = self.store.latest_keyframe();
+        }
+        let Some(mut next) = self.next_deliver else {
+            return;
+        };
+        while let Some((_, frame)) = self.store.get(next).cloned() {
+            self.emit(&frame);
+            next += 1;
+        }
+        self.next_deliver = Some(next);
+        let waiting = self.store.media_from(next).next().is_some();
+        match (&self.hole, waiting) {
+            (None, true) => {
+                self.hole = Some(Hole {
+                    since: now,
+                    last_ask: None,
+                    asked: Vec::new(),
+                });
+            }
+            (Some(_), false) => self.hole = None,
+            _ => {}
+        }
+        if !waiting {
+            self.hole = None;
+        }
+    }
+
+    fn emit(&mut self, frame: &Bytes) {
+        if let Ok(FrameRef::Chunk(c)) = FrameRef::decode(frame) {
+            let start = frame.len() - c.payload.len();
+            self.stats.delivered += 1;
+            self.out.push_back(Output::Deliver {
+                header: c.header,
+                payload: frame.slice(start..),
+            });
+        }
+    }
+
+    fn repair_hole(&mut self, now: Instant) {
+        let Some(next) = self.next_deliver else {
+            return;
+        };
+        let Some(hole) = &self.hole else { return };
+        let since = hole.since;
+        let first_held = self.store.media_from(next).next().map(|(h, _)| h.seq);
+        let Some(first_held) = first_held else {
+            self.hole = None;
+            return;
+        };
+        if now.saturating_duration_since(since) >= self.config.max_hole_wait {
+            // Give up on the hole: resume at the next cluster that starts
+            // with a keyframe, so the player gets decodable data.
+            let resume = self
+                .store
+                .media_from(first_held)
+                .find(|(h, _)| {
+                    h.flags
+                        .contains(ChunkFlags::CLUSTER_START.with(ChunkFlags::KEYFRAME))
+                })
+                .map(|(h, _)| h.seq);
+            if let Some(resume) = resume {
+                self.stats.skipped += resume - next;
+                self.out.push_back(Output::Skipped {
+                    first: next,
+                    count: resume - next,
+                });
+                self.next_deliver = Some(resume);
+                self.hole = None;
+                self.deliver(now);
+            }
+            return;
+        }
+        let due = hole.last_ask.unwrap_or(since) + self.config.gap_timeout;
+        if now < due {
+            return;
+        }
+        // Ask the next live peer not asked yet: upstreams first, then anyone linked.
+        let asked = hole.asked.clone();
+        let mut order: Vec<PeerId> = self.upstreams.clone();
+        let mut others: Vec<PeerId> = self
+            .up
+            .keys()
+            .copied()
+            .filter(|p| !order.contains(p))
+            .collect();
+        others.sort();
+        order.extend(others);
+        let target = order.into_iter().find(|p| !asked.contains(p));
+        let count = (first_held - next).min(u64::from(MAX_GAP_COUNT)) as u32;
+        if let (Some(peer), Some(hole)) = (target, self.hole.as_mut()) {
+            hole.asked.push(peer);
+            hole.last_ask = Some(now);
+            self.stats.gap_requests += 1;
+            let frame = Frame::GapRequest {
+                stream: self.stream,
+                first: next,
+                count,
+            }
+            .encode()
+            .unwrap_or_default();
+            self.out.push_back(Output::Send {
+                to: peer,
+                frame: Bytes::from(frame),
+            });
+        } else if let Some(hole) = self.hole.as_mut() {
+            // Everyone was asked: start over.
+            hole.asked.clear();
+            hole.last_ask = Some(now);
+        }
+    }
+}

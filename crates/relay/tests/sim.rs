@@ -1,0 +1,276 @@
+//! Relays wired through a simulated network with a virtual clock: chunks,
+//! heartbeats and subscriptions travel with a fixed latency, peers die
+//! without a word, and every surviving receiver must still play every chunk.
+
+#![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use miostream_protocol::signal::Links;
+use miostream_protocol::{
+    Chunk, ChunkFlags, ChunkHeader, ChunkKind, PeerId, StreamId, TopologyKind,
+};
+use miostream_relay::{AcceptAll, Output, Relay, RelayConfig};
+
+const STREAM: StreamId = StreamId(7);
+const LATENCY: Duration = Duration::from_millis(2);
+
+struct Net {
+    now: Instant,
+    relays: BTreeMap<PeerId, Relay<AcceptAll>>,
+    dead: HashSet<PeerId>,
+    /// (arrival, from, to, frame)
+    in_flight: Vec<(Instant, PeerId, PeerId, Bytes)>,
+    delivered: HashMap<PeerId, Vec<(u64, Instant)>>,
+    skipped: HashMap<PeerId, u64>,
+    root: PeerId,
+    seq: u64,
+    t0: Instant,
+}
+
+fn frame(seq: u64, kind: ChunkKind, flags: ChunkFlags, ts: u64) -> Bytes {
+    let c = Chunk {
+        header: ChunkHeader {
+            stream: STREAM,
+            seq,
+            kind,
+            flags,
+            timestamp_ms: ts,
+            send_time_us: 0,
+        },
+        tag: vec![],
+        payload: vec![seq as u8; 100],
+    };
+    Bytes::from(c.encode().unwrap())
+}
+
+impl Net {
+    fn new(
+        kind: TopologyKind,
+        links: &HashMap<PeerId, Links>,
+        root: PeerId,
+        redundancy: usize,
+    ) -> Self {
+        let now = Instant::now();
+        let config = RelayConfig {
+            redundancy,
+            ..RelayConfig::default()
+        };
+        let mut relays = BTreeMap::new();
+        for (&p, l) in links {
+            let mut r = if p == root {
+                Relay::source(p, STREAM, kind, config.clone(), AcceptAll, now)
+            } else {
+                Relay::receiver(p, STREAM, kind, config.clone(), AcceptAll, now)
+            };
+            r.set_links(l.clone(), now);
+            relays.insert(p, r);
+        }
+        let mut net = Self {
+            now,
+            relays,
+            dead: HashSet::new(),
+            in_flight: Vec::new(),
+            delivered: HashMap::new(),
+            skipped: HashMap::new(),
+            root,
+            seq: 0,
+            t0: now,
+        };
+        // Every link comes up at once (WebRTC set-up is the driver's business).
+        let pairs: Vec<(PeerId, PeerId)> = links
+            .iter()
+            .flat_map(|(&a, l)| l.all_peers().map(move |b| (a, b)))
+            .collect();
+        for (a, b) in pairs {
+            net.relays.get_mut(&a).unwrap().link_up(b, now);
+        }
+        net.publish(frame(
+            0,
+            ChunkKind::Init,
+            ChunkFlags::CLUSTER_START.with(ChunkFlags::CLUSTER_END),
+            0,
+        ));
+        net.seq = 1;
+        net
+    }
+
+    fn publish(&mut self, f: Bytes) {
+        let now = self.now;
+        self.relays.get_mut(&self.root).unwrap().publish(f, now);
+    }
+
+    /// Runs the network for `d`, the source publishing 20 chunks/s
+    /// (clusters of 10 chunks, each starting with a keyframe).
+    fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.now += Duration::from_millis(1);
+            let now = self.now;
+            if now.saturating_duration_since(self.t0) >= Duration::from_millis(self.seq * 50) {
+                let seq = self.seq;
+                let flags = if seq % 10 == 1 {
+                    ChunkFlags::CLUSTER_START.with(ChunkFlags::KEYFRAME)
+                } else if seq % 10 == 0 {
+                    ChunkFlags::CLUSTER_END
+                } else {
+                    ChunkFlags::empty()
+                };
+                self.publish(frame(seq, ChunkKind::Media, flags, seq * 50));
+                self.seq += 1;
+            }
+            // Deliver frames that arrived.
+            let (arrived, rest): (Vec<_>, Vec<_>) =
+                self.in_flight.drain(..).partition(|(t, ..)| *t <= now);
+            self.in_flight = rest;
+            for (_, from, to, f) in arrived {
+                if self.dead.contains(&to) || self.dead.contains(&from) {
+                    continue;
+                }
+                if let Some(r) = self.relays.get_mut(&to) {
+                    r.handle_frame(from, f, now);
+                }
+            }
+            for (&p, r) in self.relays.iter_mut() {
+                if self.dead.contains(&p) {
+                    continue;
+                }
+                if r.poll_timeout() <= now {
+                    r.handle_timeout(now);
+                }
+                while let Some(o) = r.poll_output() {
+                    match o {
+                        Output::Send { to, frame } => {
+                            self.in_flight.push((now + LATENCY, p, to, frame))
+                        }
+                        Output::Deliver { header, .. } => {
+                            if header.kind == ChunkKind::Media {
+                                self.delivered.entry(p).or_default().push((header.seq, now));
+                            }
+                        }
+                        Output::Skipped { count, .. } => {
+                            *self.skipped.entry(p).or_default() += count
+                        }
+                        Output::Rejected { reason, .. } => panic!("unexpected rejection: {reason}"),
+                        Output::LinkDead { .. } => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Kills a peer without a word: its frames stop, nobody is told.
+    fn kill(&mut self, p: PeerId) {
+        self.dead.insert(p);
+    }
+
+    /// Every surviving receiver played a contiguous run of chunks with
+    /// nothing skipped; returns the longest gap between two deliveries.
+    fn check(&self, min_chunks: usize) -> Duration {
+        let mut worst = Duration::ZERO;
+        for (p, _) in self
+            .relays
+            .iter()
+            .filter(|(p, _)| **p != self.root && !self.dead.contains(p))
+        {
+            let got = self.delivered.get(p).map(Vec::as_slice).unwrap_or(&[]);
+            assert!(
+                got.len() >= min_chunks,
+                "{p:?} played only {} chunks",
+                got.len()
+            );
+            for w in got.windows(2) {
+                assert_eq!(
+                    w[1].0,
+                    w[0].0 + 1,
+                    "{p:?} skipped from {} to {}",
+                    w[0].0,
+                    w[1].0
+                );
+                worst = worst.max(w[1].1 - w[0].1);
+            }
+            assert_eq!(
+                self.skipped.get(p).copied().unwrap_or(0),
+                0,
+                "{p:?} skipped chunks"
+            );
+        }
+        worst
+    }
+}
+
+/// A binary tree with a backup parent across branches for every node below
+/// the first level: its parent's sibling (or its grandparent when the parent
+/// has no sibling).
+fn tree(n: usize) -> (PeerId, Vec<PeerId>, HashMap<PeerId, Links>) {
+    let ids: Vec<PeerId> = (0..=n).map(|_| PeerId::random()).collect();
+    let root = ids[0];
+    let mut links: HashMap<PeerId, Links> = ids.iter().map(|p| (*p, Links::default())).collect();
+    let parent = |i: usize| if i <= 2 { 0 } else { (i - 1) / 2 };
+    for i in 1..=n {
+        let p = parent(i);
+        links.get_mut(&ids[p]).unwrap().children.push(ids[i]);
+        links.get_mut(&ids[i]).unwrap().parents.push(ids[p]);
+        // Backup: the parent's sibling (another branch), else the grandparent.
+        let backup = if p == 0 {
+            None
+        } else {
+            let gp = parent(p);
+            let uncle = if gp == 0 {
+                if p == 1 {
+                    2
+                } else {
+                    1
+                }
+            } else if p % 2 == 1 {
+                p + 1
+            } else {
+                p - 1
+            };
+            Some(if uncle <= n { uncle } else { gp })
+        };
+        if let Some(b) = backup {
+            links.get_mut(&ids[b]).unwrap().backup_children.push(ids[i]);
+            links.get_mut(&ids[i]).unwrap().backup_parents.push(ids[b]);
+        }
+    }
+    (root, ids, links)
+}
+
+#[test]
+fn a_tree_delivers_every_chunk_to_every_receiver() {
+    let (root, _ids, links) = tree(14);
+    let mut net = Net::new(TopologyKind::Tree, &links, root, 2);
+    net.run(Duration::from_secs(5));
+    let worst = net.check(80);
+    println!("worst gap between deliveries: {worst:?}");
+    assert!(worst <= Duration::from_millis(60), "worst gap {worst:?}");
+}
+
+#[test]
+fn killing_an_inner_node_loses_nothing_with_hot_standby() {
+    let (root, ids, links) = tree(14);
+    let mut net = Net::new(TopologyKind::Tree, &links, root, 2);
+    net.run(Duration::from_secs(3));
+    net.kill(ids[1]); // the root's first child: half the tree hangs below it
+    net.run(Duration::from_secs(4));
+    let worst = net.check(120);
+    println!("worst gap between deliveries: {worst:?}");
+    // Hot standby: the other upstream was already sending.
+    assert!(worst <= Duration::from_millis(60), "worst gap {worst:?}");
+}
+
+#[test]
+fn with_warm_standby_failover_is_fast_and_gap_free() {
+    let (root, ids, links) = tree(14);
+    let mut net = Net::new(TopologyKind::Tree, &links, root, 1);
+    net.run(Duration::from_secs(3));
+    net.kill(ids[2]);
+    net.run(Duration::from_secs(4));
+    let worst = net.check(120);
+    println!("worst gap between deliveries: {worst:?}");
+    // Detection (250 ms of silence) plus one subscription round trip.
+    assert!(worst <= Duration::from_millis(350), "worst gap {worst:?}");
+}
