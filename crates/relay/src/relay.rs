@@ -266,9 +266,21 @@ impl<V: Verify> Relay<V> {
                     );
                     return;
                 }
+                if let Some((_, held)) = self.store.get(header.seq) {
+                    // A copy that differs from ours is checked, so a forger
+                    // racing an honest upstream is still caught.
+                    if *held != frame {
+                        if let Err(reason) = self.verify.verify(&chunk) {
+                            self.reject(from, Some(header.seq), reason);
+                            return;
+                        }
+                    }
+                    self.stats.duplicates += 1;
+                    return;
+                }
                 let stale = header.kind == ChunkKind::Media
                     && self.next_deliver.is_some_and(|n| header.seq < n);
-                if stale || self.store.contains(header.seq) {
+                if stale {
                     self.stats.duplicates += 1;
                     return;
                 }

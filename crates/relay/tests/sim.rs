@@ -12,14 +12,34 @@ use miostream_protocol::signal::Links;
 use miostream_protocol::{
     Chunk, ChunkFlags, ChunkHeader, ChunkKind, PeerId, StreamId, TopologyKind,
 };
-use miostream_relay::{AcceptAll, Output, Relay, RelayConfig};
+use miostream_relay::{Output, Relay, RelayConfig, Verify};
+
+/// Stands in for the integrity check: a genuine chunk's payload is its
+/// sequence number's low byte, repeated.
+#[derive(Debug, Clone, Copy)]
+struct PayloadCheck;
+
+impl Verify for PayloadCheck {
+    fn verify(&mut self, chunk: &miostream_protocol::ChunkRef<'_>) -> Result<(), String> {
+        let want = chunk.header.seq as u8;
+        if chunk.payload.iter().all(|b| *b == want) {
+            Ok(())
+        } else {
+            Err(format!("forged chunk {}", chunk.header.seq))
+        }
+    }
+}
 
 const STREAM: StreamId = StreamId(7);
 const LATENCY: Duration = Duration::from_millis(2);
 
 struct Net {
     now: Instant,
-    relays: BTreeMap<PeerId, Relay<AcceptAll>>,
+    relays: BTreeMap<PeerId, Relay<PayloadCheck>>,
+    /// Peers that tamper with every chunk they relay.
+    forgers: HashSet<PeerId>,
+    /// (reporter, accused) for every rejection.
+    rejections: Vec<(PeerId, PeerId)>,
     dead: HashSet<PeerId>,
     /// (arrival, from, to, frame)
     in_flight: Vec<(Instant, PeerId, PeerId, Bytes)>,
@@ -61,9 +81,9 @@ impl Net {
         let mut relays = BTreeMap::new();
         for (&p, l) in links {
             let mut r = if p == root {
-                Relay::source(p, STREAM, kind, config.clone(), AcceptAll, now)
+                Relay::source(p, STREAM, kind, config.clone(), PayloadCheck, now)
             } else {
-                Relay::receiver(p, STREAM, kind, config.clone(), AcceptAll, now)
+                Relay::receiver(p, STREAM, kind, config.clone(), PayloadCheck, now)
             };
             r.set_links(l.clone(), now);
             relays.insert(p, r);
@@ -72,6 +92,8 @@ impl Net {
             now,
             relays,
             dead: HashSet::new(),
+            forgers: HashSet::new(),
+            rejections: Vec::new(),
             in_flight: Vec::new(),
             delivered: HashMap::new(),
             skipped: HashMap::new(),
@@ -143,6 +165,11 @@ impl Net {
                 while let Some(o) = r.poll_output() {
                     match o {
                         Output::Send { to, frame } => {
+                            let frame = if self.forgers.contains(&p) {
+                                tamper(frame)
+                            } else {
+                                frame
+                            };
                             self.in_flight.push((now + LATENCY, p, to, frame))
                         }
                         Output::Deliver { header, .. } => {
@@ -153,7 +180,7 @@ impl Net {
                         Output::Skipped { count, .. } => {
                             *self.skipped.entry(p).or_default() += count
                         }
-                        Output::Rejected { reason, .. } => panic!("unexpected rejection: {reason}"),
+                        Output::Rejected { from, .. } => self.rejections.push((p, from)),
                         Output::LinkDead { .. } => {}
                     }
                 }
@@ -198,6 +225,18 @@ impl Net {
             );
         }
         worst
+    }
+}
+
+/// Flips the last payload byte of a chunk frame (other frames pass).
+fn tamper(frame: Bytes) -> Bytes {
+    match miostream_protocol::Frame::decode(&frame) {
+        Ok(miostream_protocol::Frame::Chunk(mut c)) if !c.payload.is_empty() => {
+            let last = c.payload.len() - 1;
+            c.payload[last] ^= 0xff;
+            Bytes::from(c.encode().unwrap())
+        }
+        _ => frame,
     }
 }
 
@@ -273,4 +312,56 @@ fn with_warm_standby_failover_is_fast_and_gap_free() {
     println!("worst gap between deliveries: {worst:?}");
     // Detection (250 ms of silence) plus one subscription round trip.
     assert!(worst <= Duration::from_millis(350), "worst gap {worst:?}");
+}
+
+#[test]
+fn forged_chunks_are_rejected_never_relayed_and_the_honest_path_fills_in() {
+    let (root, ids, links) = tree(14);
+    let mut net = Net::new(TopologyKind::Tree, &links, root, 2);
+    net.forgers.insert(ids[3]); // an inner relay two levels down
+    net.run(Duration::from_secs(5));
+    // Its children reject what it sends, and play every chunk from their
+    // other upstream.
+    let worst = net.check(80);
+    println!("worst gap between deliveries: {worst:?}");
+    assert!(!net.rejections.is_empty());
+    for (reporter, accused) in &net.rejections {
+        assert_eq!(*accused, ids[3], "{reporter:?} blamed an honest peer");
+    }
+    let victims: HashSet<PeerId> = net.rejections.iter().map(|(r, _)| *r).collect();
+    assert!(victims
+        .iter()
+        .all(|v| links[&ids[3]].all_peers().any(|p| p == *v)));
+}
+
+#[test]
+fn a_list_survives_a_failure_in_the_middle() {
+    // root → r1 → r2 → … → r8, each with backups two and three nodes up.
+    let ids: Vec<PeerId> = (0..=8).map(|_| PeerId::random()).collect();
+    let mut links: HashMap<PeerId, Links> = ids.iter().map(|p| (*p, Links::default())).collect();
+    for i in 1..ids.len() {
+        links.get_mut(&ids[i - 1]).unwrap().children.push(ids[i]);
+        links.get_mut(&ids[i]).unwrap().parents.push(ids[i - 1]);
+        for back in [2, 3] {
+            if i >= back {
+                links
+                    .get_mut(&ids[i - back])
+                    .unwrap()
+                    .backup_children
+                    .push(ids[i]);
+                links
+                    .get_mut(&ids[i])
+                    .unwrap()
+                    .backup_parents
+                    .push(ids[i - back]);
+            }
+        }
+    }
+    let mut net = Net::new(TopologyKind::List, &links, ids[0], 2);
+    net.run(Duration::from_secs(3));
+    net.kill(ids[4]);
+    net.run(Duration::from_secs(4));
+    let worst = net.check(120);
+    println!("worst gap between deliveries: {worst:?}");
+    assert!(worst <= Duration::from_millis(60), "worst gap {worst:?}");
 }
