@@ -72,6 +72,16 @@ pub struct StreamInfo {
     pub receivers: u32,
 }
 
+/// A stream's identity, carried over a supervisor restart by its broadcaster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeStream {
+    /// The id it had.
+    pub id: StreamId,
+    /// The key it had (base64).
+    pub stream_key: String,
+}
+
 /// The complete set of links of one peer in its stream's overlay, as sent in
 /// `RECONFIGURE`. Primary links carry data; backup links are kept warm so a
 /// peer can switch at once when a parent dies.
@@ -293,6 +303,10 @@ pub enum PeerMessage {
         /// Ed25519 public key (base64) that signs chunks, required in `sign` mode.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         signing_key: Option<String>,
+        /// Re-announcing after the supervisor restarted: keep the stream's id
+        /// and key, so chunks already flowing between peers stay valid.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<ResumeStream>,
     },
     /// List live streams.
     ListStreams {},

@@ -159,6 +159,7 @@ fn peer_message() -> impl Strategy<Value = PeerMessage> {
                 integrity: IntegrityMode::Sign,
                 media_type: "video/webm".into(),
                 signing_key,
+                resume: None,
             }
         }),
         Just(PeerMessage::ListStreams {}),

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use miostream_auth::{Authorizer, KeyFingerprint};
 use miostream_protocol::signal::{
-    Capacity, ErrorCode, SignalPayload, StreamInfo, MAX_STREAM_NAME_LEN,
+    Capacity, ErrorCode, ResumeStream, SignalPayload, StreamInfo, MAX_STREAM_NAME_LEN,
 };
 use miostream_protocol::{
     ComponentType, IntegrityMode, PeerId, PeerMessage, StreamId, SupervisorMessage, TopologyKind,
@@ -54,6 +54,16 @@ struct Stream {
     /// peer linked to the accused, so a lone liar can frame only its own
     /// neighbours (documented limit).
     reports: HashMap<PeerId, usize>,
+}
+
+/// An `ANNOUNCE_STREAM`'s fields.
+struct NewStream {
+    name: String,
+    topology: TopologyKind,
+    integrity: IntegrityMode,
+    media_type: String,
+    signing_key: Option<String>,
+    resume: Option<ResumeStream>,
 }
 
 /// All streams and connected peers of one supervisor.
@@ -146,6 +156,7 @@ impl Manager {
                 integrity,
                 media_type,
                 signing_key,
+                resume,
             } => {
                 if role != ComponentType::Broadcaster {
                     return reply(error(
@@ -159,15 +170,15 @@ impl Manager {
                         "this broadcaster already has a stream",
                     ));
                 }
-                self.announce(
-                    from,
+                let stream = NewStream {
                     name,
                     topology,
                     integrity,
                     media_type,
                     signing_key,
-                    rng,
-                )
+                    resume,
+                };
+                self.announce(from, stream, rng)
             }
             PeerMessage::JoinStream { name, capacity } => {
                 if role != ComponentType::Receiver {
@@ -198,17 +209,20 @@ impl Manager {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn announce<R: CryptoRng + ?Sized>(
         &mut self,
         from: PeerId,
-        name: String,
-        topology: TopologyKind,
-        integrity: IntegrityMode,
-        media_type: String,
-        signing_key: Option<String>,
+        stream: NewStream,
         rng: &mut R,
     ) -> Vec<Output> {
+        let NewStream {
+            name,
+            topology,
+            integrity,
+            media_type,
+            signing_key,
+            resume,
+        } = stream;
         let reply = |m| vec![Output::Send(from, m)];
         if name.is_empty()
             || name.len() > MAX_STREAM_NAME_LEN
@@ -242,12 +256,38 @@ impl Manager {
             }
             (IntegrityMode::Hmac, _) => None,
         };
-        let mut id = StreamId(rng.random());
-        while self.streams.contains_key(&id) {
-            id = StreamId(rng.random());
-        }
-        let mut key = [0u8; 32];
-        rng.fill_bytes(&mut key);
+        let (id, key) = match resume {
+            // After a supervisor restart the broadcaster keeps its stream's
+            // identity: receivers' links and tags stay valid.
+            Some(ResumeStream { id, stream_key }) => {
+                let key: Option<[u8; 32]> =
+                    B64.decode(&stream_key).ok().and_then(|k| k.try_into().ok());
+                match key {
+                    Some(key) if !self.streams.contains_key(&id) => (id, key),
+                    Some(_) => {
+                        return reply(error(
+                            ErrorCode::StreamExists,
+                            format!("stream id {id} is in use"),
+                        ))
+                    }
+                    None => {
+                        return reply(error(
+                            ErrorCode::Malformed,
+                            "resume.stream_key must be 32 bytes of base64",
+                        ))
+                    }
+                }
+            }
+            None => {
+                let mut id = StreamId(rng.random());
+                while self.streams.contains_key(&id) {
+                    id = StreamId(rng.random());
+                }
+                let mut key = [0u8; 32];
+                rng.fill_bytes(&mut key);
+                (id, key)
+            }
+        };
         let info = StreamInfo {
             id,
             name: name.clone(),

@@ -141,6 +141,7 @@ async fn announce(b: &mut SupervisorClient, name: &str, topology: TopologyKind) 
         integrity: IntegrityMode::Hmac,
         media_type: "video/webm".into(),
         signing_key: None,
+        resume: None,
     })
     .await
     .unwrap();

@@ -7,7 +7,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
 use super::*;
-use miostream_protocol::signal::Links;
+use miostream_protocol::signal::{Links, ResumeStream};
 
 struct Fixture {
     m: Manager,
@@ -48,6 +48,7 @@ impl Fixture {
                 integrity: IntegrityMode::Hmac,
                 media_type: "video/webm".into(),
                 signing_key: None,
+                resume: None,
             },
         );
         assert!(
@@ -85,6 +86,7 @@ fn roles_are_enforced() {
             integrity: IntegrityMode::Hmac,
             media_type: "video/webm".into(),
             signing_key: None,
+            resume: None,
         },
     );
     assert_eq!(error_code(&out), Some(ErrorCode::Forbidden));
@@ -107,6 +109,7 @@ fn sign_mode_needs_a_signing_key_and_names_are_unique() {
         integrity: IntegrityMode::Sign,
         media_type: "video/webm".into(),
         signing_key: key.map(str::to_owned),
+        resume: None,
     };
     assert_eq!(
         error_code(&f.send(b, announce("a", None))),
@@ -296,4 +299,58 @@ fn revoked_keys_are_cut_off_and_their_streams_end() {
         .iter()
         .any(|o| matches!(o, Output::Send(p, SupervisorMessage::StreamEnded { .. }) if *p == r)));
     assert!(f.m.streams().is_empty());
+}
+
+#[test]
+fn a_broadcaster_resumes_its_stream_identity_after_a_restart() {
+    let mut f = Fixture::new();
+    let b = f.peer(ComponentType::Broadcaster, 1);
+    let key = B64.encode([5u8; 32]);
+    let announce = |resume| PeerMessage::AnnounceStream {
+        name: "s".into(),
+        topology: TopologyKind::Tree,
+        integrity: IntegrityMode::Hmac,
+        media_type: "video/webm".into(),
+        signing_key: None,
+        resume,
+    };
+    let out = f.send(
+        b,
+        announce(Some(ResumeStream {
+            id: StreamId(42),
+            stream_key: key.clone(),
+        })),
+    );
+    assert!(
+        matches!(&out[..], [Output::Send(_, SupervisorMessage::StreamAnnounced { stream, stream_key })]
+            if stream.id == StreamId(42) && *stream_key == key),
+        "{out:?}"
+    );
+    let r = f.peer(ComponentType::Receiver, 2);
+    assert!(
+        f.join(r).iter().any(|o| matches!(o,
+        Output::Send(_, SupervisorMessage::StreamJoined { stream_key, .. }) if *stream_key == key))
+    );
+    // The id is taken now; a bad key is refused.
+    let b2 = f.peer(ComponentType::Broadcaster, 3);
+    let mut taken = announce(Some(ResumeStream {
+        id: StreamId(42),
+        stream_key: key,
+    }));
+    if let PeerMessage::AnnounceStream { name, .. } = &mut taken {
+        *name = "other".into();
+    }
+    assert_eq!(
+        error_code(&f.send(b2, taken)),
+        Some(ErrorCode::StreamExists)
+    );
+    let mut bad = announce(Some(ResumeStream {
+        id: StreamId(43),
+        stream_key: "short".into(),
+    }));
+    if let PeerMessage::AnnounceStream { name, .. } = &mut bad {
+        *name = "third".into();
+    }
+    let b3 = f.peer(ComponentType::Broadcaster, 4);
+    assert_eq!(error_code(&f.send(b3, bad)), Some(ErrorCode::Malformed));
 }
