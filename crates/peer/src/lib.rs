@@ -7,9 +7,11 @@
 
 mod client;
 mod identity;
+mod session;
 
 pub use client::{ClientError, SupervisorClient, SupervisorConnection, SupervisorUrl};
 pub use identity::{keygen, Identity, IdentityError, Trust};
+pub use session::{Session, SessionConfig, SessionEvent};
 
 /// An error chain as one line for a CLI's stderr: causes that the outer
 /// messages already quote are not repeated.

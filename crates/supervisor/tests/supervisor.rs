@@ -106,6 +106,26 @@ impl TestSupervisor {
         .await
     }
 
+    /// Stops the server and starts a new one on the same directory and port
+    /// (what systemd's `Restart=on-failure` does).
+    async fn restart(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+        }
+        let state = self.state();
+        let mut config = state.load_config().unwrap();
+        config.listen = format!("127.0.0.1:{}", self.url.port).parse().unwrap();
+        let server = Server::bind(&state, config).await.unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        self.task = Some(tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        })));
+        self.stop = Some(stop);
+    }
+
     async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -648,5 +668,94 @@ async fn connections_beyond_the_unauthenticated_limit_are_closed_at_once() {
         expect_fatal(&mut c, ErrorCode::Timeout).await;
     }
     sup.connect(1, ComponentType::Receiver).await.unwrap();
+    sup.stop().await;
+}
+
+async fn next_event(session: &mut miostream_peer::Session) -> miostream_peer::SessionEvent {
+    tokio::time::timeout(WAIT, session.events.recv())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sessions_reconnect_and_resume_their_stream_when_the_supervisor_restarts() {
+    use miostream_peer::{Session, SessionConfig, SessionEvent};
+    use miostream_protocol::signal::ResumeStream;
+
+    let mut sup = TestSupervisor::start(&[0], &[], |_| {}).await;
+    let mut session = Session::spawn(SessionConfig {
+        url: sup.url.clone(),
+        identity: Identity::from_key(keys()[0].clone()),
+        trust: sup.trust.clone(),
+        role: ComponentType::Broadcaster,
+        peer_id: PeerId::random(),
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+    });
+    assert!(matches!(
+        next_event(&mut session).await,
+        SessionEvent::Connected
+    ));
+    let announce = |resume| PeerMessage::AnnounceStream {
+        name: "cam".into(),
+        topology: TopologyKind::Tree,
+        integrity: IntegrityMode::Hmac,
+        media_type: "video/webm".into(),
+        signing_key: None,
+        resume,
+    };
+    session.outbound.send(announce(None)).await.unwrap();
+    let SessionEvent::Message(SupervisorMessage::StreamAnnounced { stream, stream_key }) =
+        next_event(&mut session).await
+    else {
+        panic!("no STREAM_ANNOUNCED")
+    };
+
+    sup.restart().await;
+    loop {
+        match next_event(&mut session).await {
+            SessionEvent::Disconnected(_) | SessionEvent::Message(_) => continue,
+            SessionEvent::Connected => break,
+            SessionEvent::Failed(e) => panic!("{e}"),
+        }
+    }
+    let resume = ResumeStream {
+        id: stream.id,
+        stream_key: stream_key.clone(),
+    };
+    session.outbound.send(announce(Some(resume))).await.unwrap();
+    match next_event(&mut session).await {
+        SessionEvent::Message(SupervisorMessage::StreamAnnounced {
+            stream: again,
+            stream_key: key,
+        }) => {
+            assert_eq!((again.id, key), (stream.id, stream_key));
+        }
+        other => panic!("{other:?}"),
+    }
+    session.stop().await;
+    sup.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_with_an_unknown_key_stops_instead_of_retrying() {
+    use miostream_peer::{Session, SessionConfig, SessionEvent};
+    let sup = TestSupervisor::start(&[], &[], |_| {}).await;
+    let mut session = Session::spawn(SessionConfig {
+        url: sup.url.clone(),
+        identity: Identity::from_key(keys()[3].clone()),
+        trust: sup.trust.clone(),
+        role: ComponentType::Receiver,
+        peer_id: PeerId::random(),
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+    });
+    let event = tokio::time::timeout(WAIT, session.events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(event, SessionEvent::Failed(_)), "{event:?}");
+    session.stop().await;
     sup.stop().await;
 }
