@@ -1,9 +1,15 @@
 //! Helpers that let end-to-end tests read as scenarios. Test-only.
 //!
+//! [`supervisor::TestSupervisor`] runs a real supervisor on loopback.
+//!
 //! [`LanHost`] gives a test its own "LAN machine": a network namespace joined
 //! to the test's namespace by a veth pair on a private /30 from the
 //! benchmarking range 198.18.0.0/15 (RFC 2544), removed when dropped. Traffic
 //! never leaves the machine.
+
+#![allow(clippy::unwrap_used)] // test support: a failed set-up step fails the test
+
+pub mod supervisor;
 
 use std::net::Ipv4Addr;
 use std::process::Command;

@@ -1,0 +1,138 @@
+//! A real supervisor for a test: state directory in a temp dir, keys from a
+//! shared pool authorized by index, TLS on 127.0.0.1 with an OS port; it can
+//! be restarted on the same port and is stopped at the end.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use miostream_auth::PrivateKey;
+use miostream_peer::{ClientError, Identity, SupervisorClient, SupervisorUrl, Trust};
+use miostream_protocol::ComponentType;
+use miostream_supervisor::{Server, StateDir, SupervisorConfig};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long a test waits for anything before failing.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A pool of RSA keys, generated once per test binary (the slow part).
+pub fn keys() -> &'static [Arc<PrivateKey>] {
+    static KEYS: OnceLock<Vec<Arc<PrivateKey>>> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        (0..24)
+            .map(|_| Arc::new(PrivateKey::generate(2048).unwrap()))
+            .collect()
+    })
+}
+
+/// A running supervisor.
+pub struct TestSupervisor {
+    /// Its state directory.
+    pub dir: tempfile::TempDir,
+    /// Where it listens.
+    pub url: SupervisorUrl,
+    /// Its trust bundle.
+    pub trust: Trust,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestSupervisor {
+    /// Starts a supervisor on 127.0.0.1:0 with key `i` authorized as a
+    /// broadcaster for each i in `broadcasters` and as a receiver for each
+    /// i in `receivers`.
+    pub async fn start(
+        broadcasters: &[usize],
+        receivers: &[usize],
+        tweak: impl FnOnce(&mut SupervisorConfig),
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        state
+            .init("127.0.0.1:0".parse().unwrap(), &[], 2048)
+            .unwrap();
+        for (list, role) in [
+            (broadcasters, ComponentType::Broadcaster),
+            (receivers, ComponentType::Receiver),
+        ] {
+            for &i in list {
+                let path = Self::write_pub(&dir, i);
+                state.authorize(&path, role).unwrap();
+            }
+        }
+        let mut config = state.load_config().unwrap();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        tweak(&mut config);
+        let server = Server::bind(&state, config).await.unwrap();
+        let addr = server.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            trust: Trust::load(&state.trust_dir()).unwrap(),
+            url: format!("wss://127.0.0.1:{}", addr.port()).parse().unwrap(),
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Writes pool key `i`'s public key into the state directory.
+    pub fn write_pub(dir: &tempfile::TempDir, i: usize) -> PathBuf {
+        let path = dir.path().join(format!("peer{i}.pub"));
+        std::fs::write(&path, keys()[i].public().to_pem()).unwrap();
+        path
+    }
+
+    /// Its state directory.
+    pub fn state(&self) -> StateDir {
+        StateDir::new(self.dir.path())
+    }
+
+    /// Connects and authenticates with pool key `key`.
+    pub async fn connect(
+        &self,
+        key: usize,
+        role: ComponentType,
+    ) -> Result<SupervisorClient, ClientError> {
+        SupervisorClient::connect(
+            &self.url,
+            &Identity::from_key(keys()[key].clone()),
+            &self.trust,
+            role,
+        )
+        .await
+    }
+
+    /// Stops the server and starts a new one on the same directory and port
+    /// (what systemd's `Restart=on-failure` does).
+    pub async fn restart(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+        }
+        let state = self.state();
+        let mut config = state.load_config().unwrap();
+        config.listen = format!("127.0.0.1:{}", self.url.port).parse().unwrap();
+        let server = Server::bind(&state, config).await.unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        self.task = Some(tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        })));
+        self.stop = Some(stop);
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+        }
+    }
+}
