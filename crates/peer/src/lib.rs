@@ -3,14 +3,21 @@
 //! supervisor client — a TLS WebSocket that runs the peer side of the
 //! paper's handshake and then carries signaling.
 //!
-//! It does not carry media (that is the WebRTC data plane).
+//! On top of that, a [`node`](spawn_node) ties the session, a
+//! [`transport`] (WebRTC, or in-memory for tests) and the relay core into
+//! one broadcaster or receiver.
 
 mod client;
 mod identity;
+mod node;
 mod session;
+pub mod transport;
 
 pub use client::{ClientError, SupervisorClient, SupervisorConnection, SupervisorUrl};
 pub use identity::{keygen, Identity, IdentityError, Trust};
+pub use node::{
+    spawn_node, Announcement, NodeConfig, NodeEvent, NodeHandle, StreamKeys, VerifierFactory,
+};
 pub use session::{Session, SessionConfig, SessionEvent};
 
 /// An error chain as one line for a CLI's stderr: causes that the outer

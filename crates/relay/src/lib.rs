@@ -69,6 +69,12 @@ pub trait Verify {
     fn verify(&mut self, chunk: &ChunkRef<'_>) -> Result<(), String>;
 }
 
+impl Verify for Box<dyn Verify + Send> {
+    fn verify(&mut self, chunk: &ChunkRef<'_>) -> Result<(), String> {
+        (**self).verify(chunk)
+    }
+}
+
 /// Accepts everything (tests, and streams whose chunks are checked elsewhere).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AcceptAll;

@@ -178,8 +178,10 @@ impl<V: Verify> Relay<V> {
 
     /// The supervisor sent our new link set.
     pub fn set_links(&mut self, links: Links, now: Instant) {
+        // Live links to peers no longer linked stay known until the driver
+        // closes them: a link can come up before the reconfiguration that
+        // explains it arrives.
         let linked: HashSet<PeerId> = links.all_peers().collect();
-        self.up.retain(|p, _| linked.contains(p));
         self.subscribers.retain(|p| linked.contains(p));
         self.upstreams.retain(|p| linked.contains(p));
         self.links = links;
@@ -188,9 +190,6 @@ impl<V: Verify> Relay<V> {
 
     /// The data channel to `peer` opened.
     pub fn link_up(&mut self, peer: PeerId, now: Instant) {
-        if !self.links.all_peers().any(|p| p == peer) {
-            return;
-        }
         self.up.insert(
             peer,
             Link {

@@ -1,0 +1,444 @@
+//! A peer node: the supervisor session, the transport and the relay core
+//! wired together in one task. The broadcaster's node announces a stream and
+//! publishes chunks; a receiver's node joins one and delivers its chunks in
+//! order. Either one relays.
+//!
+//! The node reacts to the supervisor (links appear and vanish with
+//! `RECONFIGURE`), to its transport (links up and down, frames, signaling)
+//! and to the relay's timers; everything else — what to subscribe to, what
+//! to forward, when a link is dead, how to fill holes — is the relay's
+//! decision.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use bytes::Bytes;
+use miostream_protocol::signal::{Links, ResumeStream, StreamInfo};
+use miostream_protocol::{
+    ChunkHeader, IntegrityMode, PeerId, PeerMessage, StreamId, SupervisorMessage, TopologyKind,
+};
+use miostream_relay::{Output, Relay, RelayConfig, RelayStats, Verify};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::session::{Session, SessionConfig, SessionEvent};
+use crate::transport::{TransportCommand, TransportEvent, TransportHandle};
+
+/// What the broadcaster announces.
+#[derive(Debug, Clone)]
+pub struct Announcement {
+    /// Overlay kind.
+    pub topology: TopologyKind,
+    /// Chunk integrity mode.
+    pub integrity: IntegrityMode,
+    /// MIME type.
+    pub media_type: String,
+    /// Ed25519 public key (base64) in `sign` mode.
+    pub signing_key: Option<String>,
+}
+
+/// The stream's keys, as the supervisor handed them over.
+#[derive(Debug, Clone)]
+pub struct StreamKeys {
+    /// The stream.
+    pub stream: StreamInfo,
+    /// Per-stream secret (base64).
+    pub stream_key: String,
+    /// The broadcaster's signing key (base64), in `sign` mode.
+    pub signing_key: Option<String>,
+}
+
+/// Builds the chunk check once the stream's keys are known.
+pub type VerifierFactory = Box<dyn Fn(&StreamKeys) -> Box<dyn Verify + Send> + Send>;
+
+/// A node's settings.
+pub struct NodeConfig {
+    /// How to reach the supervisor.
+    pub session: SessionConfig,
+    /// The stream's name.
+    pub stream: String,
+    /// `Some` for the broadcaster.
+    pub announce: Option<Announcement>,
+    /// Relay tuning.
+    pub relay: RelayConfig,
+    /// The integrity check for received chunks.
+    pub verifier: VerifierFactory,
+}
+
+/// What the node reports to its application.
+#[derive(Debug)]
+pub enum NodeEvent {
+    /// The broadcaster's stream is live: tag chunks with these keys and publish them.
+    Announced(StreamKeys),
+    /// The receiver joined the stream.
+    Joined(StreamKeys),
+    /// The next chunk in order.
+    Deliver {
+        /// Its header.
+        header: ChunkHeader,
+        /// Its media bytes.
+        payload: Bytes,
+    },
+    /// Chunks that never arrived were skipped.
+    Skipped {
+        /// First skipped sequence number.
+        first: u64,
+        /// How many.
+        count: u64,
+    },
+    /// The stream ended.
+    Ended(String),
+    /// The node stopped for good.
+    Failed(String),
+}
+
+/// The application's end of a node.
+pub struct NodeHandle {
+    /// The broadcaster publishes encoded, tagged chunk frames here.
+    pub publish: mpsc::Sender<Bytes>,
+    /// What happened.
+    pub events: mpsc::Receiver<NodeEvent>,
+    /// Relay counters, updated as they change.
+    pub stats: watch::Receiver<RelayStats>,
+    /// Our peer id.
+    pub peer_id: PeerId,
+    task: JoinHandle<()>,
+}
+
+impl NodeHandle {
+    /// Stops the node and waits for it: its supervisor connection closes,
+    /// so the supervisor repairs the topology at once.
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
+    /// Stops the node without waiting: no goodbye to its peers, whose links
+    /// fall silent (as with `kill -9`).
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a node.
+pub fn spawn_node(config: NodeConfig, transport: TransportHandle) -> NodeHandle {
+    let (publish_tx, publish_rx) = mpsc::channel(256);
+    let (events_tx, events_rx) = mpsc::channel(1024);
+    let (stats_tx, stats_rx) = watch::channel(RelayStats::default());
+    let peer_id = config.session.peer_id;
+    let node = Node {
+        me: peer_id,
+        session: Session::spawn(config.session.clone()),
+        transport,
+        name: config.stream,
+        announce: config.announce,
+        relay_config: config.relay,
+        verifier: config.verifier,
+        relay: None,
+        keys: None,
+        linked: HashSet::new(),
+        events: events_tx,
+        stats: stats_tx,
+    };
+    let task = tokio::spawn(node.run(publish_rx));
+    NodeHandle {
+        publish: publish_tx,
+        events: events_rx,
+        stats: stats_rx,
+        peer_id,
+        task,
+    }
+}
+
+struct Node {
+    me: PeerId,
+    session: Session,
+    transport: TransportHandle,
+    name: String,
+    announce: Option<Announcement>,
+    relay_config: RelayConfig,
+    verifier: VerifierFactory,
+    relay: Option<Relay<Box<dyn Verify + Send>>>,
+    keys: Option<StreamKeys>,
+    linked: HashSet<PeerId>,
+    events: mpsc::Sender<NodeEvent>,
+    stats: watch::Sender<RelayStats>,
+}
+
+/// Why the node loop ends.
+enum Stop {
+    Ended(String),
+    Failed(String),
+}
+
+impl Node {
+    async fn run(mut self, mut publish: mpsc::Receiver<Bytes>) {
+        let stop = loop {
+            let wake = self
+                .relay
+                .as_ref()
+                .map(|r| tokio::time::Instant::from_std(r.poll_timeout()));
+            let step = tokio::select! {
+                ev = self.session.events.recv() => match ev {
+                    Some(ev) => self.on_session(ev).await,
+                    None => Err(Stop::Failed("supervisor session ended".into())),
+                },
+                ev = self.transport.events.recv() => match ev {
+                    Some(ev) => { self.on_transport(ev).await; Ok(()) }
+                    None => Err(Stop::Failed("transport ended".into())),
+                },
+                Some(frame) = publish.recv(), if self.relay.is_some() && self.announce.is_some() => {
+                    if let Some(r) = self.relay.as_mut() {
+                        r.publish(frame, Instant::now());
+                    }
+                    Ok(())
+                }
+                _ = sleep_until_opt(wake) => {
+                    if let Some(r) = self.relay.as_mut() {
+                        r.handle_timeout(Instant::now());
+                    }
+                    Ok(())
+                }
+            };
+            if let Err(stop) = step {
+                break stop;
+            }
+            self.drain().await;
+        };
+        let event = match stop {
+            Stop::Ended(reason) => NodeEvent::Ended(reason),
+            Stop::Failed(reason) => NodeEvent::Failed(reason),
+        };
+        let _ = self.events.send(event).await;
+    }
+
+    async fn on_session(&mut self, ev: SessionEvent) -> Result<(), Stop> {
+        match ev {
+            SessionEvent::Connected => {
+                let msg = match &self.announce {
+                    Some(a) => PeerMessage::AnnounceStream {
+                        name: self.name.clone(),
+                        topology: a.topology,
+                        integrity: a.integrity,
+                        media_type: a.media_type.clone(),
+                        signing_key: a.signing_key.clone(),
+                        resume: self.keys.as_ref().map(|k| ResumeStream {
+                            id: k.stream.id,
+                            stream_key: k.stream_key.clone(),
+                        }),
+                    },
+                    None => PeerMessage::JoinStream {
+                        name: self.name.clone(),
+                        capacity: Default::default(),
+                    },
+                };
+                self.tell_supervisor(msg);
+            }
+            SessionEvent::Disconnected(reason) => {
+                info!("supervisor unreachable ({reason}); the stream keeps flowing between peers");
+            }
+            SessionEvent::Failed(e) => return Err(Stop::Failed(e.to_string())),
+            SessionEvent::Message(msg) => return self.on_supervisor(msg).await,
+        }
+        Ok(())
+    }
+
+    async fn on_supervisor(&mut self, msg: SupervisorMessage) -> Result<(), Stop> {
+        match msg {
+            SupervisorMessage::StreamAnnounced { stream, stream_key } => {
+                let keys = StreamKeys {
+                    stream,
+                    stream_key,
+                    signing_key: self.announce.as_ref().and_then(|a| a.signing_key.clone()),
+                };
+                self.start_relay(&keys, true);
+                if self.keys.is_none() {
+                    let _ = self.events.send(NodeEvent::Announced(keys.clone())).await;
+                }
+                self.keys = Some(keys);
+            }
+            SupervisorMessage::StreamJoined {
+                stream,
+                stream_key,
+                signing_key,
+                ..
+            } => {
+                let keys = StreamKeys {
+                    stream,
+                    stream_key,
+                    signing_key,
+                };
+                let same = self
+                    .keys
+                    .as_ref()
+                    .is_some_and(|k| k.stream.id == keys.stream.id);
+                if !same {
+                    self.start_relay(&keys, false);
+                    let _ = self.events.send(NodeEvent::Joined(keys.clone())).await;
+                }
+                self.keys = Some(keys);
+            }
+            SupervisorMessage::Reconfigure { stream, links, .. } => {
+                if self.keys.as_ref().is_some_and(|k| k.stream.id == stream) {
+                    self.reconfigure(links).await;
+                }
+            }
+            SupervisorMessage::Signal { from, payload } => {
+                let _ = self
+                    .transport
+                    .commands
+                    .send(TransportCommand::Signal { from, payload })
+                    .await;
+            }
+            SupervisorMessage::StreamEnded { reason, .. } => return Err(Stop::Ended(reason)),
+            SupervisorMessage::Error { code, message, .. } => {
+                warn!(?code, "supervisor: {message}");
+                if self.keys.is_none() {
+                    // The stream could not be announced or joined.
+                    return Err(Stop::Failed(message));
+                }
+            }
+            other => debug!(msg = other.name(), "ignored"),
+        }
+        Ok(())
+    }
+
+    fn start_relay(&mut self, keys: &StreamKeys, source: bool) {
+        if self.relay.is_some()
+            && self
+                .keys
+                .as_ref()
+                .is_some_and(|k| k.stream.id == keys.stream.id)
+        {
+            return; // a resumed stream keeps its relay (and its links)
+        }
+        let verify = (self.verifier)(keys);
+        let now = Instant::now();
+        let id: StreamId = keys.stream.id;
+        let kind = keys.stream.topology;
+        let config = self.relay_config.clone();
+        self.relay = Some(if source {
+            Relay::source(self.me, id, kind, config, verify, now)
+        } else {
+            Relay::receiver(self.me, id, kind, config, verify, now)
+        });
+    }
+
+    async fn reconfigure(&mut self, links: Links) {
+        debug!(?links, "reconfigured");
+        let next: HashSet<PeerId> = links.all_peers().collect();
+        for &peer in next.difference(&self.linked) {
+            let cmd = TransportCommand::Open {
+                peer,
+                initiator: self.me < peer,
+            };
+            let _ = self.transport.commands.send(cmd).await;
+        }
+        for &peer in self.linked.difference(&next) {
+            let _ = self
+                .transport
+                .commands
+                .send(TransportCommand::Close { peer })
+                .await;
+        }
+        self.linked = next;
+        if let Some(r) = self.relay.as_mut() {
+            r.set_links(links, Instant::now());
+        }
+    }
+
+    async fn on_transport(&mut self, ev: TransportEvent) {
+        let now = Instant::now();
+        match ev {
+            TransportEvent::Up(peer) => {
+                debug!(%peer, "link up");
+                if let Some(r) = self.relay.as_mut() {
+                    r.link_up(peer, now);
+                }
+            }
+            TransportEvent::Down(peer) => {
+                debug!(%peer, "link down");
+                if let Some(r) = self.relay.as_mut() {
+                    r.link_down(peer, now);
+                }
+            }
+            TransportEvent::Frame(peer, frame) => {
+                if let Some(r) = self.relay.as_mut() {
+                    r.handle_frame(peer, frame, now);
+                }
+            }
+            TransportEvent::Signal { to, payload } => {
+                self.tell_supervisor(PeerMessage::Signal { to, payload });
+            }
+        }
+    }
+
+    fn tell_supervisor(&mut self, msg: PeerMessage) {
+        // Bounded: if the session is backed up (supervisor gone), signaling
+        // is stale anyway and is dropped.
+        if self.session.outbound.try_send(msg).is_err() {
+            debug!("supervisor queue full; message dropped");
+        }
+    }
+
+    /// Carries out the relay's outputs.
+    async fn drain(&mut self) {
+        let Some(relay) = self.relay.as_mut() else {
+            return;
+        };
+        let mut outputs = Vec::new();
+        while let Some(o) = relay.poll_output() {
+            outputs.push(o);
+        }
+        let stats = relay.stats().clone();
+        for o in outputs {
+            match o {
+                Output::Send { to, frame } => {
+                    let _ = self
+                        .transport
+                        .commands
+                        .send(TransportCommand::Send { peer: to, frame })
+                        .await;
+                }
+                Output::Deliver { header, payload } => {
+                    let _ = self
+                        .events
+                        .send(NodeEvent::Deliver { header, payload })
+                        .await;
+                }
+                Output::Skipped { first, count } => {
+                    let _ = self.events.send(NodeEvent::Skipped { first, count }).await;
+                }
+                Output::Rejected { from, seq, reason } => {
+                    warn!(%from, ?seq, "rejected a chunk: {reason}");
+                    self.tell_supervisor(PeerMessage::ReportBadChunk {
+                        upstream: from,
+                        seq: seq.unwrap_or(0),
+                        reason,
+                    });
+                }
+                Output::LinkDead { peer } => {
+                    info!(%peer, "link dead (missed heartbeats)");
+                    let _ = self
+                        .transport
+                        .commands
+                        .send(TransportCommand::Close { peer })
+                        .await;
+                }
+            }
+        }
+        self.stats.send_if_modified(|s| {
+            let changed = *s != stats;
+            *s = stats;
+            changed
+        });
+    }
+}
+
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
