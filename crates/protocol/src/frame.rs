@@ -7,7 +7,7 @@
 //!   0 version  1 type  2 kind  3 flags
 //!   4..12 stream id   12..20 sequence   20..28 media timestamp (ms)
 //!   28..36 broadcaster send time (µs since the Unix epoch)
-//!   36..38 payload_len (≤ 16 KiB)   38 tag_len (≤ 128)
+//!   36..38 payload_len (≤ 16,217)   38 tag_len (≤ 128); whole frame ≤ 16 KiB
 //!   39.. tag, then payload
 //! Heartbeat (type 2), 20 bytes: 2..10 counter, 10..18 sender's clock (µs),
 //!   18..20 sender's depth (hops from the broadcaster; 0xFFFF = not fed)
@@ -22,14 +22,17 @@
 
 use crate::{StreamId, PROTOCOL_VERSION};
 
-/// Largest media payload carried by one chunk frame (16 KiB).
-pub const MAX_CHUNK_PAYLOAD: usize = 16 * 1024;
+/// Largest frame of any type: 16 KiB, the largest data-channel message every
+/// WebRTC stack delivers whole (the `webrtc` crate's receive limit, and the
+/// browsers' safe size).
+pub const MAX_FRAME_LEN: usize = 16 * 1024;
 /// Largest integrity tag (an Ed25519 signature is 64 bytes, HMAC-SHA256 32).
 pub const MAX_TAG_LEN: usize = 128;
 /// Bytes before the tag in a chunk frame.
 pub const CHUNK_HEADER_LEN: usize = 39;
-/// Largest frame of any type: well below the 64 KiB data-channel message limit.
-pub const MAX_FRAME_LEN: usize = CHUNK_HEADER_LEN + MAX_TAG_LEN + MAX_CHUNK_PAYLOAD;
+/// Largest media payload carried by one chunk frame: what is left of a
+/// [`MAX_FRAME_LEN`] frame after the header and the largest tag (16,217 bytes).
+pub const MAX_CHUNK_PAYLOAD: usize = MAX_FRAME_LEN - CHUNK_HEADER_LEN - MAX_TAG_LEN;
 /// Largest number of chunks one gap request may ask for.
 pub const MAX_GAP_COUNT: u32 = 4096;
 
