@@ -7,12 +7,14 @@
 //! [`transport`] (WebRTC, or in-memory for tests) and the relay core into
 //! one broadcaster or receiver.
 
+mod check;
 mod client;
 mod identity;
 mod node;
 mod session;
 pub mod transport;
 
+pub use check::integrity_check;
 pub use client::{ClientError, SupervisorClient, SupervisorConnection, SupervisorUrl};
 pub use identity::{keygen, Identity, IdentityError, Trust};
 pub use node::{

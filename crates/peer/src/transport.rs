@@ -90,6 +90,7 @@ pub mod memory {
     #[derive(Debug, Default, Clone)]
     pub struct MemoryHub {
         inboxes: Arc<Mutex<HashMap<PeerId, Inbox>>>,
+        forgers: Arc<Mutex<HashSet<PeerId>>>,
     }
 
     impl MemoryHub {
@@ -123,6 +124,28 @@ pub mod memory {
         fn inbox(&self, peer: PeerId) -> Option<Inbox> {
             self.inboxes.lock().ok()?.get(&peer).cloned()
         }
+
+        /// Makes `peer` a malicious relay: every chunk it sends has a
+        /// payload byte flipped (its tag no longer matches).
+        pub fn set_forger(&self, peer: PeerId) {
+            if let Ok(mut f) = self.forgers.lock() {
+                f.insert(peer);
+            }
+        }
+
+        fn is_forger(&self, peer: PeerId) -> bool {
+            self.forgers.lock().is_ok_and(|f| f.contains(&peer))
+        }
+    }
+
+    fn forge(frame: Bytes) -> Bytes {
+        match miostream_protocol::Frame::decode(&frame) {
+            Ok(miostream_protocol::Frame::Chunk(mut c)) if !c.payload.is_empty() => {
+                c.payload[0] ^= 0xff;
+                c.encode().map(Bytes::from).unwrap_or(frame)
+            }
+            _ => frame,
+        }
     }
 
     async fn run(
@@ -154,6 +177,7 @@ pub mod memory {
                     Some(TransportCommand::Send { peer, frame }) => {
                         if up.contains(&peer) {
                             if let Some(inbox) = hub.inbox(peer) {
+                                let frame = if hub.is_forger(me) { forge(frame) } else { frame };
                                 // A full inbox drops the frame, as a full
                                 // send buffer would.
                                 let _ = inbox.try_send((me, frame));

@@ -190,3 +190,120 @@ async fn killing_a_relay_loses_no_chunk_at_any_survivor() {
         stream_through(topology, 6, Some(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forging_relay_is_rejected_reported_and_cut_out_in_sign_mode() {
+    use miostream_integrity::{SourceKey, Tagger};
+    use std::sync::{Arc, Mutex};
+
+    let ids: Vec<usize> = (1..=6).collect();
+    let sup = TestSupervisor::start(&[0], &ids, |_| {}).await;
+    let hub = MemoryHub::new();
+    let source = SourceKey::generate(&mut rand::rng());
+    let signing_key = source.public_base64();
+    let tagger = Tagger::Sign(source);
+    let checked = |key: usize, hub: &MemoryHub, announce: Option<Announcement>| {
+        let peer_id = PeerId::random();
+        let config = NodeConfig {
+            session: SessionConfig {
+                url: sup.url.clone(),
+                identity: Identity::from_key(keys()[key].clone()),
+                trust: sup.trust.clone(),
+                role: if announce.is_some() {
+                    ComponentType::Broadcaster
+                } else {
+                    ComponentType::Receiver
+                },
+                peer_id,
+                backoff_min: Duration::from_millis(20),
+                backoff_max: Duration::from_millis(500),
+            },
+            stream: "cam".into(),
+            announce,
+            relay: RelayConfig::default(),
+            verifier: miostream_peer::integrity_check(
+                1.0,
+                Arc::new(Mutex::new(Default::default())),
+            ),
+        };
+        spawn_node(config, hub.attach(peer_id))
+    };
+    let mut b = checked(
+        0,
+        &hub,
+        Some(Announcement {
+            topology: TopologyKind::Tree,
+            integrity: IntegrityMode::Sign,
+            media_type: "video/webm".into(),
+            signing_key: Some(signing_key),
+        }),
+    );
+    let NodeEvent::Announced(keys) = next(&mut b).await else {
+        panic!("not announced")
+    };
+    let stream = keys.stream.id;
+    let mut rs = Vec::new();
+    for &i in &ids {
+        let mut r = checked(i, &hub, None);
+        assert!(matches!(next(&mut r).await, NodeEvent::Joined(_)));
+        rs.push(r);
+    }
+    // The first receiver sits right under the broadcaster and feeds others.
+    let mut forger = rs.remove(0);
+    hub.set_forger(forger.peer_id);
+    let last = 200u64;
+    for seq in 0..=last {
+        let frame = chunk(stream, seq);
+        let miostream_protocol::Frame::Chunk(mut c) =
+            miostream_protocol::Frame::decode(&frame).unwrap()
+        else {
+            panic!()
+        };
+        c.tag = tagger.tag(&c.header, &c.payload);
+        b.publish
+            .send(Bytes::from(c.encode().unwrap()))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await; // the source's pace
+    }
+    // The supervisor cut the forger out after its children's reports.
+    loop {
+        match next(&mut forger).await {
+            NodeEvent::Failed(reason) => {
+                assert!(reason.contains("failed verification"), "{reason}");
+                break;
+            }
+            _ => continue,
+        }
+    }
+    // Honest receivers played every chunk from their start, never a forged one.
+    for r in rs.iter_mut() {
+        let mut seqs = Vec::new();
+        loop {
+            match next(r).await {
+                NodeEvent::Deliver { header, payload } if header.kind == ChunkKind::Media => {
+                    assert_eq!(
+                        payload[0], header.seq as u8,
+                        "{:?} played a forged chunk",
+                        r.peer_id
+                    );
+                    seqs.push(header.seq);
+                    if header.seq == last {
+                        break;
+                    }
+                }
+                NodeEvent::Skipped { first, count } => panic!("skipped {count} from {first}"),
+                NodeEvent::Failed(e) | NodeEvent::Ended(e) => panic!("{e}"),
+                _ => {}
+            }
+        }
+        for w in seqs.windows(2) {
+            assert_eq!(w[1], w[0] + 1, "{:?} lost chunks", r.peer_id);
+        }
+    }
+    for r in rs {
+        r.stop().await;
+    }
+    b.stop().await;
+    sup.stop().await;
+}
