@@ -11,6 +11,9 @@
 //! - [`chunk`]: init segment and clusters → chunk headers and payloads of at
 //!   most one frame each, flagged with cluster boundaries and keyframes.
 //!
+//! - [`PlaybackModel`]: the startup buffer, media clock and stall
+//!   accounting behind the receiver's QoS figures.
+//!
 //! A receiver writes the payloads it is delivered, in order, to get a
 //! playable WebM: the init segment, then clusters from a keyframe on.
 
@@ -18,7 +21,9 @@ mod ebml;
 mod split;
 
 pub mod chunk;
+pub mod playback;
 
+pub use playback::{PlaybackModel, PlaybackStats};
 pub use split::{Cluster, Segment, Splitter, MAX_ELEMENT};
 
 /// Why WebM input was refused.
