@@ -1,11 +1,14 @@
-//! `miostream-broadcaster`: the source of one stream. This build provides
-//! `keygen`; `run` arrives with the media pipeline and the WebRTC data plane.
+//! `miostream-broadcaster`: `keygen` and `run` (see `--help`).
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use miostream_peer::keygen;
+use miostream_broadcaster::{run, BroadcastConfig, Input};
+use miostream_peer::{keygen, one_line, Identity, SupervisorUrl, Trust};
+use miostream_protocol::{IntegrityMode, TopologyKind};
 
 #[derive(Parser)]
 #[command(
@@ -26,9 +29,48 @@ enum Command {
         /// Directory to create the key pair in.
         #[arg(long)]
         out: PathBuf,
-        /// RSA key size.
+        /// RSA key size (2048, 3072, 4096 or 8192).
         #[arg(long, default_value_t = 2048)]
         bits: usize,
+    },
+    /// Announce a stream and broadcast it until the input ends or SIGINT/SIGTERM.
+    Run {
+        /// Supervisor URL, wss://HOST:PORT.
+        #[arg(long)]
+        supervisor: SupervisorUrl,
+        /// Identity directory (from keygen).
+        #[arg(long)]
+        identity: PathBuf,
+        /// The supervisor's trust bundle (its DIR/trust).
+        #[arg(long)]
+        trust: PathBuf,
+        /// Stream name.
+        #[arg(long)]
+        stream: String,
+        /// Overlay the receivers are arranged in.
+        #[arg(long, default_value = "tree")]
+        topology: TopologyKind,
+        /// Chunk integrity: sign (Ed25519, relays cannot forge) or hmac (the paper's).
+        #[arg(long, default_value = "sign")]
+        integrity: IntegrityMode,
+        /// A WebM file, or - for a live WebM on standard input.
+        #[arg(long, conflicts_with = "webcam", required_unless_present = "webcam")]
+        input: Option<PathBuf>,
+        /// Replay the file forever (timestamps continue; no re-init).
+        #[arg(long, requires = "input")]
+        r#loop: bool,
+        /// A V4L2 camera (/dev/videoN); ffmpeg encodes VP8 + Opus.
+        #[arg(long)]
+        webcam: Option<PathBuf>,
+        /// ALSA device for the webcam's audio (default: silence).
+        #[arg(long, requires = "webcam")]
+        audio: Option<String>,
+        /// Local address for WebRTC (default: the one that routes to the supervisor).
+        #[arg(long)]
+        bind: Option<IpAddr>,
+        /// STUN/TURN server URL for NAT traversal (repeatable).
+        #[arg(long = "ice-server")]
+        ice_servers: Vec<String>,
     },
 }
 
@@ -36,25 +78,90 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
-        Command::Keygen { out, bits } => match keygen(&out, bits) {
-            Ok(id) => {
-                println!(
-                    "wrote {}/peer.key and {}/peer.pub (fingerprint {})",
-                    out.display(),
-                    out.display(),
-                    id.key().public().fingerprint()
-                );
-                ExitCode::SUCCESS
+    match main_inner(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("miostream-broadcaster: {}", one_line(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main_inner(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Keygen { out, bits } => {
+            let id = keygen(&out, bits)?;
+            println!(
+                "wrote {}/peer.key and {}/peer.pub (fingerprint {})",
+                out.display(),
+                out.display(),
+                id.key().public().fingerprint()
+            );
+            Ok(())
+        }
+        Command::Run {
+            supervisor,
+            identity,
+            trust,
+            stream,
+            topology,
+            integrity,
+            input,
+            r#loop,
+            webcam,
+            audio,
+            bind,
+            ice_servers,
+        } => {
+            let input = match (input, webcam) {
+                (Some(p), _) if p.as_os_str() == "-" => Input::Stdin,
+                (Some(path), _) => Input::File {
+                    path,
+                    looped: r#loop,
+                },
+                (None, Some(device)) => Input::Webcam { device, audio },
+                (None, None) => {
+                    anyhow::bail!("give --input FILE.webm, --input - or --webcam /dev/videoN")
+                }
+            };
+            let config = BroadcastConfig {
+                supervisor,
+                identity: Identity::load(&identity)?,
+                trust: Trust::load(&trust)?,
+                stream,
+                topology,
+                integrity,
+                input,
+                bind,
+                ice_servers,
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            let report = runtime.block_on(run(config, shutdown_signal()))?;
+            eprintln!(
+                "broadcast done: {} clusters, {} chunks, {} bytes",
+                report.clusters, report.chunks, report.bytes
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
             }
-            Err(e) => {
-                eprintln!("miostream-broadcaster: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -10,6 +10,7 @@
 mod check;
 mod client;
 mod identity;
+mod net;
 mod node;
 mod session;
 pub mod transport;
@@ -17,6 +18,7 @@ pub mod transport;
 pub use check::integrity_check;
 pub use client::{ClientError, SupervisorClient, SupervisorConnection, SupervisorUrl};
 pub use identity::{keygen, Identity, IdentityError, Trust};
+pub use net::local_ip_towards;
 pub use node::{
     spawn_node, Announcement, NodeConfig, NodeEvent, NodeHandle, StreamKeys, VerifierFactory,
 };

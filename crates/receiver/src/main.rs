@@ -1,14 +1,15 @@
-//! `miostream-receiver`: joins a stream, verifies and relays its chunks, and
-//! plays them. This build provides `keygen` and `list`; `run` arrives with
-//! the WebRTC data plane.
+//! `miostream-receiver`: `keygen`, `list` and `run` (see `--help`).
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use miostream_peer::{keygen, Identity, SupervisorClient, SupervisorUrl, Trust};
 use miostream_protocol::ComponentType;
+use miostream_receiver::{run as receive, Output, ReceiveConfig};
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +46,42 @@ enum Command {
         #[arg(long)]
         trust: PathBuf,
     },
+    /// Join a stream: play it (to a file or stdout), relay it, report QoS.
+    Run {
+        /// Supervisor URL, wss://HOST:PORT.
+        #[arg(long)]
+        supervisor: SupervisorUrl,
+        /// Identity directory (from keygen).
+        #[arg(long)]
+        identity: PathBuf,
+        /// The supervisor's trust bundle (its DIR/trust).
+        #[arg(long)]
+        trust: PathBuf,
+        /// Stream name.
+        #[arg(long)]
+        stream: String,
+        /// Write the reassembled WebM to FILE.webm, or - for stdout (`| mpv -`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Write the QoS summary JSON here at exit.
+        #[arg(long)]
+        summary: Option<PathBuf>,
+        /// Leave after SECS seconds.
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Fraction of chunks whose tag is checked (0.0–1.0).
+        #[arg(long, default_value_t = 1.0)]
+        threshold: f64,
+        /// Media buffered before playback starts (ms).
+        #[arg(long, default_value_t = 2000)]
+        startup_ms: u64,
+        /// Local address for WebRTC (default: the one that routes to the supervisor).
+        #[arg(long)]
+        bind: Option<IpAddr>,
+        /// STUN/TURN server URL for NAT traversal (repeatable).
+        #[arg(long = "ice-server")]
+        ice_servers: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,6 +116,49 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Run {
+            supervisor,
+            identity,
+            trust,
+            stream,
+            out,
+            summary,
+            duration,
+            threshold,
+            startup_ms,
+            bind,
+            ice_servers,
+        } => {
+            if !(0.0..=1.0).contains(&threshold) {
+                anyhow::bail!("--threshold must be between 0 and 1");
+            }
+            let out = match out {
+                None => Output::Discard,
+                Some(p) if p.as_os_str() == "-" => Output::Stdout,
+                Some(p) => Output::File(p),
+            };
+            let config = ReceiveConfig {
+                supervisor,
+                identity: Identity::load(&identity)?,
+                trust: Trust::load(&trust)?,
+                stream,
+                out,
+                duration: duration.map(Duration::from_secs_f64),
+                threshold,
+                startup: Duration::from_millis(startup_ms),
+                bind,
+                ice_servers,
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            let result = runtime.block_on(receive(config, shutdown_signal()))?;
+            let json = serde_json::to_string_pretty(&result)?;
+            match summary {
+                Some(path) => std::fs::write(&path, json + "\n")
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => eprintln!("{json}"),
+            }
+            Ok(())
+        }
         Command::List {
             supervisor,
             identity,
@@ -109,6 +189,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 anyhow::Ok(())
             })
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

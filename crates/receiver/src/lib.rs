@@ -1,0 +1,260 @@
+//! The receiver: joins a stream through its node, verifies every chunk
+//! (threshold 1.0 by default), relays them, writes the reassembled WebM to a
+//! file or stdout, runs the playback model, and reports its QoS as the
+//! summary JSON of PRODUCT.md.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use miostream_media::PlaybackModel;
+use miostream_peer::{
+    integrity_check, spawn_node, Identity, NodeConfig, NodeEvent, SessionConfig, SupervisorUrl,
+    Trust,
+};
+use miostream_protocol::{ChunkFlags, ChunkKind, ComponentType, PeerId};
+use miostream_relay::RelayConfig;
+use miostream_webrtc::WebRtcConfig;
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tracing::{info, warn};
+
+/// Where the reassembled WebM goes.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Nowhere (QoS only).
+    Discard,
+    /// A file.
+    File(PathBuf),
+    /// Standard output (e.g. `| mpv -`).
+    Stdout,
+}
+
+/// A receiver's settings.
+#[derive(Debug, Clone)]
+pub struct ReceiveConfig {
+    /// Supervisor URL.
+    pub supervisor: SupervisorUrl,
+    /// Our identity.
+    pub identity: Identity,
+    /// The supervisor's trust bundle.
+    pub trust: Trust,
+    /// Stream name.
+    pub stream: String,
+    /// Output.
+    pub out: Output,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Fraction of chunks verified (1.0 = all).
+    pub threshold: f64,
+    /// Media buffered before playback starts.
+    pub startup: Duration,
+    /// Local address for WebRTC (default: the one that routes to the supervisor).
+    pub bind: Option<IpAddr>,
+    /// STUN/TURN URLs.
+    pub ice_servers: Vec<String>,
+}
+
+/// The receiver summary (`--summary FILE.json`); keys as in PRODUCT.md.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    /// Stream name.
+    pub stream: String,
+    /// Chunks received (new, accepted).
+    pub chunks_received: u64,
+    /// Of those, chunks whose tag was checked.
+    pub chunks_verified: u64,
+    /// Chunks that failed verification (dropped, reported).
+    pub chunks_rejected: u64,
+    /// Media bytes received.
+    pub bytes_received: u64,
+    /// Media bytes per second since joining, in bits.
+    pub goodput_bps: u64,
+    /// Playback stalls.
+    pub stalls: u64,
+    /// Time stalled (ms).
+    pub stall_ms: u64,
+    /// First chunk to playback start (ms).
+    pub startup_ms: u64,
+    /// Media played (ms).
+    pub played_ms: u64,
+    /// Broadcaster send → delivery here, median over live chunks (ms).
+    pub latency_ms_p50: f64,
+    /// Broadcaster send → delivery here, 99th percentile (ms).
+    pub latency_ms_p99: f64,
+    /// Upstream changes after the first (failovers, reconfigurations).
+    pub parent_changes: u64,
+    /// Chunks skipped because they never arrived.
+    pub chunks_skipped: u64,
+    /// Duplicate copies dropped (redundant upstreams).
+    pub duplicates: u64,
+    /// Seconds joined.
+    pub joined_secs: f64,
+}
+
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Receives until the stream ends, `duration` passes, or `shutdown`
+/// completes; returns the summary.
+pub async fn run(
+    config: ReceiveConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Summary> {
+    let bind = match config.bind {
+        Some(ip) => ip,
+        None => miostream_peer::local_ip_towards(&config.supervisor)
+            .await
+            .with_context(|| format!("no route to {}", config.supervisor))?,
+    };
+    let mut writer: Option<Box<dyn tokio::io::AsyncWrite + Unpin + Send>> = match &config.out {
+        Output::Discard => None,
+        Output::Stdout => Some(Box::new(tokio::io::stdout())),
+        Output::File(p) => Some(Box::new(
+            tokio::fs::File::create(p)
+                .await
+                .with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+    };
+    let peer_id = PeerId::random();
+    let (transport, _counters) = miostream_webrtc::spawn(
+        peer_id,
+        WebRtcConfig {
+            ice_servers: config.ice_servers.clone(),
+            ..WebRtcConfig::new(bind)
+        },
+    );
+    let integrity = Arc::new(Mutex::new(Default::default()));
+    let mut node = spawn_node(
+        NodeConfig {
+            session: SessionConfig {
+                url: config.supervisor.clone(),
+                identity: config.identity.clone(),
+                trust: config.trust.clone(),
+                role: ComponentType::Receiver,
+                peer_id,
+                backoff_min: Duration::from_millis(200),
+                backoff_max: Duration::from_secs(5),
+            },
+            stream: config.stream.clone(),
+            announce: None,
+            relay: RelayConfig::default(),
+            verifier: integrity_check(config.threshold, integrity.clone()),
+        },
+        transport,
+    );
+    let mut playback = PlaybackModel::new(config.startup, config.startup / 2);
+    let mut latencies: Vec<f64> = Vec::new();
+    let mut skipped = 0u64;
+    let mut joined_at: Option<Instant> = None;
+    // Latency counts live chunks only: the backlog a new upstream replays
+    // (from the latest keyframe, or after a failover) was sent before we
+    // asked for it.
+    let mut joined_unix_us = u64::MAX;
+    let deadline = config.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut progress = tokio::time::interval(Duration::from_secs(5));
+    tokio::pin!(shutdown);
+    let ended: anyhow::Result<()> = loop {
+        let event = tokio::select! {
+            e = node.events.recv() => e,
+            _ = &mut shutdown => break Ok(()),
+            _ = sleep_until_opt(deadline) => break Ok(()),
+            _ = progress.tick() => {
+                let stats = node.stats.borrow().clone();
+                let p = playback.stats(Instant::now());
+                info!(chunks = stats.chunks_received, rejected = stats.rejected, stalls = p.stalls, stall_ms = p.stall_ms, upstreams_changed = stats.upstream_changes, "receiving");
+                continue;
+            }
+        };
+        match event {
+            None => break Err(anyhow::anyhow!("the node stopped")),
+            Some(NodeEvent::Joined(keys)) => {
+                joined_at = Some(Instant::now());
+                joined_unix_us = unix_us();
+                info!(stream = %config.stream, id = %keys.stream.id, topology = %keys.stream.topology, integrity = %keys.stream.integrity, %bind, "joined");
+            }
+            Some(NodeEvent::Deliver { header, payload }) => {
+                if header.kind == ChunkKind::Media {
+                    if header.send_time_us >= joined_unix_us {
+                        let latency = unix_us().saturating_sub(header.send_time_us) as f64 / 1000.0;
+                        latencies.push(latency);
+                    }
+                    if header.flags.contains(ChunkFlags::CLUSTER_END) {
+                        playback.cluster_complete(header.timestamp_ms, Instant::now());
+                    }
+                }
+                if let Some(w) = writer.as_mut() {
+                    if let Err(e) = w.write_all(&payload).await {
+                        // A player that went away (broken pipe) ends the output, not the relay.
+                        warn!("output closed: {e}");
+                        writer = None;
+                    }
+                }
+            }
+            Some(NodeEvent::Skipped { count, .. }) => skipped += count,
+            Some(NodeEvent::Ended(reason)) => {
+                info!("stream ended: {reason}");
+                break Ok(());
+            }
+            Some(NodeEvent::Failed(reason)) => break Err(anyhow::anyhow!("{reason}")),
+            Some(NodeEvent::Announced(_)) => {}
+        }
+    };
+    if let Some(mut w) = writer {
+        let _ = w.flush().await;
+    }
+    let now = Instant::now();
+    let stats = node.stats.borrow().clone();
+    node.stop().await;
+    let p = playback.stats(now);
+    latencies.sort_by(f64::total_cmp);
+    let joined_secs = joined_at.map_or(0.0, |t| now.duration_since(t).as_secs_f64());
+    let verified = integrity.lock().map(|c| c.verified).unwrap_or(0);
+    let summary = Summary {
+        stream: config.stream,
+        chunks_received: stats.chunks_received,
+        chunks_verified: verified,
+        chunks_rejected: stats.rejected,
+        bytes_received: stats.bytes_received,
+        goodput_bps: if joined_secs > 0.0 {
+            (stats.bytes_received as f64 * 8.0 / joined_secs) as u64
+        } else {
+            0
+        },
+        stalls: p.stalls,
+        stall_ms: p.stall_ms,
+        startup_ms: p.startup_ms,
+        played_ms: p.played_ms,
+        latency_ms_p50: percentile(&latencies, 0.5),
+        latency_ms_p99: percentile(&latencies, 0.99),
+        parent_changes: stats.upstream_changes,
+        chunks_skipped: skipped,
+        duplicates: stats.duplicates,
+        joined_secs,
+    };
+    match ended {
+        Ok(()) if joined_at.is_none() => bail!("never joined the stream"),
+        Ok(()) => Ok(summary),
+        Err(e) => Err(e),
+    }
+}
+
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
