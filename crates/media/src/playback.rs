@@ -104,7 +104,8 @@ impl PlaybackModel {
                 }
             }
             State::Playing { wall_at, media_at } => {
-                let media_now = media_at + now.saturating_duration_since(wall_at).as_millis() as u64;
+                let media_now =
+                    media_at + now.saturating_duration_since(wall_at).as_millis() as u64;
                 if media_now > avail {
                     // Ran dry at media time `avail`, at this wall time:
                     let dry_at = wall_at + Duration::from_millis(avail - media_at);
@@ -142,7 +143,9 @@ impl PlaybackModel {
         let mut stats = self.stats;
         stats.stall_ms = self.stalled_ms_done
             + match self.state {
-                State::Stalled { since, .. } => now.saturating_duration_since(since).as_millis() as u64,
+                State::Stalled { since, .. } => {
+                    now.saturating_duration_since(since).as_millis() as u64
+                }
                 _ => 0,
             };
         stats
@@ -175,7 +178,10 @@ mod tests {
         let s = m.stats(t0 + 30_000 * MS);
         assert_eq!(s.stalls, 0);
         assert_eq!(s.stall_ms, 0);
-        assert_eq!(s.startup_ms, 0, "the first cluster fills the 1 s buffer at once");
+        assert_eq!(
+            s.startup_ms, 0,
+            "the first cluster fills the 1 s buffer at once"
+        );
         assert_eq!(s.played_ms, 30_000);
     }
 
