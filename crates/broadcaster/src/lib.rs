@@ -26,6 +26,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+/// How long the broadcaster keeps serving after its input ended.
+const END_GRACE: Duration = Duration::from_secs(2);
+
 /// Where the media comes from.
 #[derive(Debug, Clone)]
 pub enum Input {
@@ -299,6 +302,9 @@ pub async fn run(
                 }
             }
             if !looped {
+                // Let the last chunks reach every receiver before leaving
+                // (leaving ends the stream).
+                tokio::time::sleep(END_GRACE).await;
                 return anyhow::Ok(());
             }
             // Next pass: timestamps continue after the last cluster.

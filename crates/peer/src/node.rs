@@ -140,6 +140,7 @@ pub fn spawn_node(config: NodeConfig, transport: TransportHandle) -> NodeHandle 
         linked: HashSet::new(),
         events: events_tx,
         stats: stats_tx,
+        ending: None,
     };
     let task = tokio::spawn(node.run(publish_rx));
     NodeHandle {
@@ -164,7 +165,12 @@ struct Node {
     linked: HashSet<PeerId>,
     events: mpsc::Sender<NodeEvent>,
     stats: watch::Sender<RelayStats>,
+    /// The stream ended: stop at this time, with this reason.
+    ending: Option<(tokio::time::Instant, String)>,
 }
+
+/// How long a node keeps relaying after its stream ended.
+const END_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why the node loop ends.
 enum Stop {
@@ -179,7 +185,12 @@ impl Node {
                 .relay
                 .as_ref()
                 .map(|r| tokio::time::Instant::from_std(r.poll_timeout()));
+            let ending_at = self.ending.as_ref().map(|(t, _)| *t);
             let step = tokio::select! {
+                _ = sleep_until_opt(ending_at) => {
+                    let reason = self.ending.take().map(|(_, r)| r).unwrap_or_default();
+                    Err(Stop::Ended(reason))
+                }
                 ev = self.session.events.recv() => match ev {
                     Some(ev) => self.on_session(ev).await,
                     None => Err(Stop::Failed("supervisor session ended".into())),
@@ -291,7 +302,13 @@ impl Node {
                     .send(TransportCommand::Signal { from, payload })
                     .await;
             }
-            SupervisorMessage::StreamEnded { reason, .. } => return Err(Stop::Ended(reason)),
+            SupervisorMessage::StreamEnded { reason, .. } => {
+                // Keep relaying a moment: the last chunks may still be on
+                // their way down the overlay.
+                if self.ending.is_none() {
+                    self.ending = Some((tokio::time::Instant::now() + END_GRACE, reason));
+                }
+            }
             SupervisorMessage::Error { code, message, .. } => {
                 warn!(?code, "supervisor: {message}");
                 if self.keys.is_none() {

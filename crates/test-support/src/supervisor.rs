@@ -47,11 +47,27 @@ impl TestSupervisor {
         receivers: &[usize],
         tweak: impl FnOnce(&mut SupervisorConfig),
     ) -> Self {
+        Self::start_on(
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            broadcasters,
+            receivers,
+            tweak,
+        )
+        .await
+    }
+
+    /// As [`start`](Self::start), listening on `ip` (e.g. a test LAN host's
+    /// gateway address; the certificate names it).
+    pub async fn start_on(
+        ip: std::net::IpAddr,
+        broadcasters: &[usize],
+        receivers: &[usize],
+        tweak: impl FnOnce(&mut SupervisorConfig),
+    ) -> Self {
+        let listen = std::net::SocketAddr::new(ip, 0);
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::new(dir.path());
-        state
-            .init("127.0.0.1:0".parse().unwrap(), &[], 2048)
-            .unwrap();
+        state.init(listen, &[], 2048).unwrap();
         for (list, role) in [
             (broadcasters, ComponentType::Broadcaster),
             (receivers, ComponentType::Receiver),
@@ -62,7 +78,7 @@ impl TestSupervisor {
             }
         }
         let mut config = state.load_config().unwrap();
-        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.listen = listen;
         tweak(&mut config);
         let server = Server::bind(&state, config).await.unwrap();
         let addr = server.local_addr();
@@ -72,7 +88,7 @@ impl TestSupervisor {
         }));
         Self {
             trust: Trust::load(&state.trust_dir()).unwrap(),
-            url: format!("wss://127.0.0.1:{}", addr.port()).parse().unwrap(),
+            url: format!("wss://{}", addr).parse().unwrap(),
             dir,
             stop: Some(stop),
             task: Some(task),
@@ -117,7 +133,9 @@ impl TestSupervisor {
         }
         let state = self.state();
         let mut config = state.load_config().unwrap();
-        config.listen = format!("127.0.0.1:{}", self.url.port).parse().unwrap();
+        config.listen = format!("{}:{}", self.url.host, self.url.port)
+            .parse()
+            .unwrap();
         let server = Server::bind(&state, config).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         self.task = Some(tokio::spawn(server.run(async move {
