@@ -122,6 +122,10 @@ pub struct TopologySection {
     pub list_backups: usize,
     /// Tree fan-out.
     pub tree_fanout: usize,
+    /// Mesh grid width.
+    pub mesh_width: usize,
+    /// Mesh nodes fed by the broadcaster.
+    pub mesh_entries: usize,
 }
 
 impl Default for TopologySection {
@@ -129,6 +133,8 @@ impl Default for TopologySection {
         Self {
             list_backups: 2,
             tree_fanout: 2,
+            mesh_width: 8,
+            mesh_entries: 2,
         }
     }
 }
@@ -177,8 +183,13 @@ impl SupervisorConfig {
         if l.messages_per_sec == 0 || l.message_burst == 0 {
             return Err("limits.messages_per_sec and message_burst must be positive".into());
         }
-        if self.topology.tree_fanout == 0 {
-            return Err("topology.tree_fanout must be positive".into());
+        if self.topology.tree_fanout == 0
+            || self.topology.mesh_width == 0
+            || self.topology.mesh_entries == 0
+        {
+            return Err(
+                "topology.tree_fanout, mesh_width and mesh_entries must be positive".into(),
+            );
         }
         Ok(())
     }

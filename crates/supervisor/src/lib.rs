@@ -12,7 +12,6 @@
 //! It does not carry media: chunks flow peer to peer.
 
 pub mod config;
-pub mod interim_topology;
 pub mod manager;
 pub mod server;
 pub mod state;

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 
-use crate::interim_topology::{Changes, Topology, TopologyConfig};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use miostream_auth::{Authorizer, KeyFingerprint};
@@ -15,6 +14,7 @@ use miostream_protocol::signal::{
 use miostream_protocol::{
     ComponentType, IntegrityMode, PeerId, PeerMessage, StreamId, SupervisorMessage, TopologyKind,
 };
+use miostream_topology::{Changes, Topology, TopologyConfig};
 use rand::{CryptoRng, RngExt as _};
 
 /// What the driver must do.

@@ -13,13 +13,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::interim_topology::TopologyConfig;
 use futures_util::{SinkExt, StreamExt};
 use miostream_auth::{
     AuthError, PrivateKey, SupervisorHandshake, SupervisorStep, CHANNEL_BINDING_LABEL,
 };
 use miostream_protocol::signal::ErrorCode;
 use miostream_protocol::{ComponentType, PeerId, PeerMessage, SupervisorMessage};
+use miostream_topology::TopologyConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -261,6 +261,8 @@ impl Hub {
         let topology = TopologyConfig {
             list_backups: config.topology.list_backups,
             tree_fanout: config.topology.tree_fanout,
+            mesh_width: config.topology.mesh_width,
+            mesh_entries: config.topology.mesh_entries,
         };
         Self {
             manager: Manager::new(ManagerConfig {

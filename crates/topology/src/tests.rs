@@ -1,0 +1,342 @@
+//! Invariants after any sequence of joins, leaves and failures, checked on
+//! thousands of seeded random sequences, plus worked examples.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn id(n: u64) -> PeerId {
+    PeerId(uuid::Uuid::from_u64_pair(0xABCD, n))
+}
+
+const ROOT: u64 = 0;
+
+/// Checks every invariant of the overlay.
+fn check(t: &Topology, changes: Option<&Changes>, before: &HashMap<PeerId, Links>) {
+    let root = t.root();
+    let peers: Vec<PeerId> = t.peers();
+    assert_eq!(peers.len(), t.len());
+    let live: HashSet<PeerId> = peers.iter().copied().chain([root]).collect();
+    let links: HashMap<PeerId, Links> = live.iter().map(|p| (*p, t.links(*p).unwrap())).collect();
+    for (p, l) in &links {
+        // No edge touches a departed peer; no self links.
+        for q in l.all_peers() {
+            assert!(live.contains(&q), "{p:?} links departed {q:?}");
+            assert_ne!(q, *p);
+        }
+        // Edges are symmetric.
+        for c in &l.children {
+            assert!(
+                links[c].parents.contains(p),
+                "child {c:?} of {p:?} does not know it"
+            );
+        }
+        for c in &l.backup_children {
+            assert!(
+                links[c].backup_parents.contains(p),
+                "backup child {c:?} of {p:?}"
+            );
+        }
+        for b in &l.backup_parents {
+            assert!(
+                links[b].backup_children.contains(p),
+                "backup parent {b:?} of {p:?}"
+            );
+        }
+        for n in &l.neighbours {
+            assert!(links[n].neighbours.contains(p), "neighbour {n:?} of {p:?}");
+        }
+        // Signaling is allowed exactly along edges.
+        for q in l.all_peers() {
+            assert!(t.is_linked(*p, q));
+        }
+    }
+    // Reachability from the root, and no cycles (list/tree: one parent each).
+    let mut seen = HashSet::from([root]);
+    let mut queue = VecDeque::from([root]);
+    while let Some(p) = queue.pop_front() {
+        let l = &links[&p];
+        for q in l.children.iter().chain(&l.neighbours) {
+            if seen.insert(*q) {
+                queue.push_back(*q);
+            }
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        live.len(),
+        "not every receiver is reachable from the root"
+    );
+    match t.kind() {
+        TopologyKind::List | TopologyKind::Tree => {
+            for p in &peers {
+                assert_eq!(links[p].parents.len(), 1);
+                // Walking up reaches the root within len steps: no cycle.
+                let mut q = *p;
+                let mut steps = 0;
+                while q != root {
+                    q = links[&q].parents[0];
+                    steps += 1;
+                    assert!(steps <= peers.len(), "cycle through {p:?}");
+                }
+                assert_eq!(t.depth(*p), Some(steps as u32));
+            }
+        }
+        TopologyKind::Mesh => {
+            for p in &peers {
+                assert!(links[p].neighbours.len() <= 8);
+            }
+        }
+    }
+    // Degree bounds.
+    let k = t.config.tree_fanout;
+    for (p, l) in &links {
+        match t.kind() {
+            TopologyKind::Tree => assert!(l.children.len() <= k, "{p:?}"),
+            TopologyKind::List => assert!(l.children.len() <= 1),
+            TopologyKind::Mesh => {}
+        }
+    }
+    // Backups are live and never the node's own descendant; below the first
+    // level every node has one.
+    for p in &peers {
+        let l = &links[p];
+        for b in &l.backup_parents {
+            let mut q = *b;
+            while q != root {
+                assert_ne!(q, *p, "backup {b:?} of {p:?} is its descendant");
+                q = links[&q].parents.first().copied().unwrap_or(root);
+                if t.kind() == TopologyKind::Mesh {
+                    break;
+                }
+            }
+        }
+        match t.kind() {
+            TopologyKind::Tree if l.parents[0] != root && k > 1 => {
+                assert_eq!(l.backup_parents.len(), 1, "{p:?} has no backup")
+            }
+            TopologyKind::List if l.parents[0] != root => {
+                assert!(!l.backup_parents.is_empty(), "{p:?} has no backup")
+            }
+            _ => {}
+        }
+    }
+    // Every peer whose links changed was reported, and no more than a
+    // bounded neighbourhood was.
+    if let Some(c) = changes {
+        let reported: HashSet<PeerId> = c.affected.iter().copied().collect();
+        for (p, l) in &links {
+            if before.get(p) != Some(l) {
+                assert!(reported.contains(p), "{p:?} changed but was not told");
+            }
+        }
+        let bound = match t.kind() {
+            TopologyKind::List => 6 * (t.config.list_backups + 2),
+            TopologyKind::Tree => 4 * (k + 1) * (k + 1) + 8,
+            TopologyKind::Mesh => 40,
+        };
+        assert!(
+            c.affected.len() <= bound,
+            "{} peers reconfigured",
+            c.affected.len()
+        );
+    }
+}
+
+fn snapshot_links(t: &Topology) -> HashMap<PeerId, Links> {
+    t.peers()
+        .into_iter()
+        .chain([t.root()])
+        .map(|p| (p, t.links(p).unwrap()))
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Join(u32),
+    Leave(usize),
+    Fail(usize),
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    proptest::collection::vec(
+        prop_oneof![
+            3 => (0u32..4).prop_map(Op::Join),
+            1 => any::<usize>().prop_map(Op::Leave),
+            1 => any::<usize>().prop_map(Op::Fail),
+        ],
+        0..120,
+    )
+}
+
+fn run(kind: TopologyKind, config: TopologyConfig, ops: &[Op]) {
+    let mut t = Topology::new(kind, id(ROOT), config);
+    let mut next = 1u64;
+    check(&t, None, &HashMap::new());
+    for op in ops {
+        let before = snapshot_links(&t);
+        let changes = match op {
+            Op::Join(cap) => {
+                next += 1;
+                t.join(
+                    id(next),
+                    Capacity {
+                        upload_kbps: *cap * 1000,
+                        rtt_ms: 0,
+                    },
+                )
+                .unwrap()
+            }
+            Op::Leave(i) | Op::Fail(i) => {
+                let peers = t.peers();
+                if peers.is_empty() {
+                    continue;
+                }
+                let victim = peers[i % peers.len()];
+                let c = if matches!(op, Op::Leave(_)) {
+                    t.leave(victim)
+                } else {
+                    t.fail(victim)
+                };
+                assert!(t.links(victim).is_none());
+                c.unwrap()
+            }
+        };
+        check(&t, Some(&changes), &before);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn list_invariants(ops in ops(), k in 1usize..4) {
+        run(TopologyKind::List, TopologyConfig { list_backups: k, ..TopologyConfig::default() }, &ops);
+    }
+
+    #[test]
+    fn tree_invariants(ops in ops(), k in 1usize..5) {
+        run(TopologyKind::Tree, TopologyConfig { tree_fanout: k, ..TopologyConfig::default() }, &ops);
+    }
+
+    #[test]
+    fn mesh_invariants(ops in ops(), w in 1usize..10, e in 1usize..4) {
+        run(TopologyKind::Mesh, TopologyConfig { mesh_width: w, mesh_entries: e, ..TopologyConfig::default() }, &ops);
+    }
+}
+
+#[test]
+fn errors_are_typed() {
+    let mut t = Topology::new(TopologyKind::Tree, id(ROOT), TopologyConfig::default());
+    t.join(id(1), Capacity::default()).unwrap();
+    assert_eq!(
+        t.join(id(1), Capacity::default()),
+        Err(TopologyError::Duplicate(id(1)))
+    );
+    assert_eq!(
+        t.join(id(ROOT), Capacity::default()),
+        Err(TopologyError::Duplicate(id(ROOT)))
+    );
+    assert_eq!(t.leave(id(9)), Err(TopologyError::Unknown(id(9))));
+}
+
+#[test]
+fn the_list_is_ordered_by_capacity_and_backs_up_k_ahead() {
+    let mut t = Topology::new(
+        TopologyKind::List,
+        id(ROOT),
+        TopologyConfig {
+            list_backups: 2,
+            ..Default::default()
+        },
+    );
+    for (n, kbps) in [(1, 100), (2, 5000), (3, 300), (4, 5000)] {
+        t.join(
+            id(n),
+            Capacity {
+                upload_kbps: kbps,
+                rtt_ms: 10,
+            },
+        )
+        .unwrap();
+    }
+    // Fast first (arrival breaks ties), slow at the tail.
+    assert_eq!(t.peers(), vec![id(2), id(4), id(3), id(1)]);
+    let l = t.links(id(3)).unwrap();
+    assert_eq!(l.parents, vec![id(4)]);
+    assert_eq!(l.backup_parents, vec![id(2), id(ROOT)]);
+    // Its predecessor dies: it is fed by the next one up, which it held already.
+    let c = t.fail(id(4)).unwrap();
+    assert_eq!(t.links(id(3)).unwrap().parents, vec![id(2)]);
+    assert!(c.affected.contains(&id(3)));
+}
+
+#[test]
+fn a_tree_is_balanced_repairs_by_moving_one_peer_and_backs_up_across_branches() {
+    let mut t = Topology::new(TopologyKind::Tree, id(ROOT), TopologyConfig::default());
+    for n in 1..=15 {
+        t.join(id(n), Capacity::default()).unwrap();
+    }
+    // 15 receivers under the broadcaster with fan-out 2: depth 4.
+    assert_eq!((1..=15).filter_map(|n| t.depth(id(n))).max(), Some(4));
+    // The backup of a grandchild is its parent's sibling.
+    let l = t.links(id(3)).unwrap(); // position 2: parent position 0
+    assert_eq!(l.parents, vec![id(1)]);
+    assert_eq!(l.backup_parents, vec![id(2)]);
+    // An inner node dies: the last node takes its place; nobody else moves.
+    let before: Vec<PeerId> = t.peers();
+    t.fail(id(1)).unwrap();
+    let after = t.peers();
+    assert_eq!(after[0], id(15));
+    let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+    assert_eq!(moved, 1);
+}
+
+#[test]
+fn faster_peers_rise_towards_the_root() {
+    let mut t = Topology::new(TopologyKind::Tree, id(ROOT), TopologyConfig::default());
+    for n in 1..=6 {
+        t.join(
+            id(n),
+            Capacity {
+                upload_kbps: 100,
+                rtt_ms: 10,
+            },
+        )
+        .unwrap();
+    }
+    t.join(
+        id(7),
+        Capacity {
+            upload_kbps: 9000,
+            rtt_ms: 5,
+        },
+    )
+    .unwrap();
+    assert_eq!(t.depth(id(7)), Some(1));
+}
+
+#[test]
+fn the_mesh_stays_dense_and_is_fed_at_its_entries() {
+    let mut t = Topology::new(
+        TopologyKind::Mesh,
+        id(ROOT),
+        TopologyConfig {
+            mesh_width: 4,
+            mesh_entries: 2,
+            ..Default::default()
+        },
+    );
+    for n in 1..=16 {
+        t.join(id(n), Capacity::default()).unwrap();
+    }
+    assert_eq!(t.links(id(ROOT)).unwrap().children, vec![id(1), id(2)]);
+    // An inner cell has 8 neighbours.
+    assert_eq!(t.links(id(6)).unwrap().neighbours.len(), 8);
+    t.fail(id(6)).unwrap();
+    // The last node filled the hole: still 15 cells in 4 rows, no gap.
+    assert_eq!(t.links(id(16)).unwrap().neighbours.len(), 8);
+    assert_eq!(t.len(), 15);
+}
