@@ -108,7 +108,7 @@ PY
 if command -v ffmpeg >/dev/null; then
   for i in $(seq "$receivers"); do
     if [ -s "$work/r$i.webm" ] && ffmpeg -v error -i "$work/r$i.webm" -f null - 2>"$work/r$i.decode"; then
-      [ -s "$work/r$i.decode" ] && echo "r$i: output decodes with warnings" || echo "r$i: output decodes cleanly ($(($(wc -c < "$work/r$i.webm") / 1024)) KiB)"
+      [ -s "$work/r$i.decode" ] && echo "r$i: output decodes with warnings: $(head -n 2 "$work/r$i.decode" | tr '\n' ' ')" || echo "r$i: output decodes cleanly ($(($(wc -c < "$work/r$i.webm") / 1024)) KiB)"
     else
       echo "r$i: output does not decode"; failed=$((failed + 1))
     fi

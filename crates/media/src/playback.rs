@@ -151,6 +151,11 @@ impl PlaybackModel {
         stats
     }
 
+    /// Whether playback has started (the startup buffer filled once).
+    pub fn started(&self) -> bool {
+        matches!(self.state, State::Playing { .. } | State::Stalled { .. })
+    }
+
     /// Whether the player is stalled now.
     pub fn is_stalled(&self) -> bool {
         matches!(self.state, State::Stalled { .. })

@@ -188,7 +188,9 @@ pub async fn run(
             }
             Some(NodeEvent::Deliver { header, payload }) => {
                 if header.kind == ChunkKind::Media {
-                    if header.send_time_us >= joined_unix_us {
+                    // Steady-state latency: not the backlog that filled the
+                    // startup buffer (startup_ms reports that phase).
+                    if header.send_time_us >= joined_unix_us && playback.started() {
                         let latency = unix_us().saturating_sub(header.send_time_us) as f64 / 1000.0;
                         latencies.push(latency);
                     }
