@@ -3,7 +3,7 @@
 //! file or stdout, runs the playback model, and reports its QoS as the
 //! summary JSON of PRODUCT.md.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,6 +20,8 @@ use miostream_webrtc::WebRtcConfig;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tracing::{info, warn};
+
+pub mod serve;
 
 /// Where the reassembled WebM goes.
 #[derive(Debug, Clone)]
@@ -45,6 +47,8 @@ pub struct ReceiveConfig {
     pub stream: String,
     /// Output.
     pub out: Output,
+    /// Serve the live stream to players over HTTP here.
+    pub serve: Option<SocketAddr>,
     /// Stop after this long.
     pub duration: Option<Duration>,
     /// Fraction of chunks verified (1.0 = all).
@@ -129,6 +133,14 @@ pub async fn run(
                 .with_context(|| format!("cannot create {}", p.display()))?,
         )),
     };
+    let server = match config.serve {
+        Some(addr) => Some(
+            serve::Server::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve on {addr}"))?,
+        ),
+        None => None,
+    };
     let peer_id = PeerId::random();
     let (transport, _counters) = miostream_webrtc::spawn(
         peer_id,
@@ -197,6 +209,9 @@ pub async fn run(
                     if header.flags.contains(ChunkFlags::CLUSTER_END) {
                         playback.cluster_complete(header.timestamp_ms, Instant::now());
                     }
+                }
+                if let Some(s) = &server {
+                    s.deliver(&header, payload.clone());
                 }
                 if let Some(w) = writer.as_mut() {
                     if let Err(e) = w.write_all(&payload).await {

@@ -63,6 +63,10 @@ enum Command {
         /// Write the reassembled WebM to FILE.webm, or - for stdout (`| mpv -`).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Serve the live stream over HTTP for players (mpv/VLC/ffplay/browser
+        /// open http://HOST:PORT/).
+        #[arg(long)]
+        serve: Option<std::net::SocketAddr>,
         /// Write the QoS summary JSON here at exit.
         #[arg(long)]
         summary: Option<PathBuf>,
@@ -122,6 +126,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             trust,
             stream,
             out,
+            serve,
             summary,
             duration,
             threshold,
@@ -143,6 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 trust: Trust::load(&trust)?,
                 stream,
                 out,
+                serve,
                 duration: duration.map(Duration::from_secs_f64),
                 threshold,
                 startup: Duration::from_millis(startup_ms),

@@ -130,6 +130,7 @@ async fn receivers_play_exactly_the_broadcast_stream_in_each_topology() {
                 trust: sup.trust.clone(),
                 stream: "e2e".into(),
                 out: Output::File(out.clone()),
+                serve: None,
                 duration: Some(Duration::from_secs(30)),
                 threshold: 1.0,
                 startup: Duration::from_millis(1000),
