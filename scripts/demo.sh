@@ -71,11 +71,28 @@ for i in $(seq "$receivers"); do
   pids+=($!)
 done
 echo "receivers: $receivers joined, playing for ${duration}s"
+# CPU (utime+stime, in clock ticks) and memory of the receiver processes.
+usage() {
+  local ticks=0 rss=0 n=0
+  for p in "${rpids[@]}"; do
+    [ -r "/proc/$p/stat" ] || continue
+    set -- $(sed 's/.*) //' "/proc/$p/stat")
+    ticks=$((ticks + ${12} + ${13}))
+    rss=$((rss + $(awk '/VmRSS/ {print $2}' "/proc/$p/status")))
+    n=$((n + 1))
+  done
+  echo "$ticks $rss $n"
+}
+hz=$(getconf CLK_TCK)
+read -r t0 _ _ < <(usage)
 for t in $(seq 5 5 "$duration"); do
   sleep 5
-  alive=0; for p in "${rpids[@]}"; do kill -0 "$p" 2>/dev/null && alive=$((alive + 1)); done
+  read -r t1 rss n < <(usage)
   bytes=$(cat "$work"/r*.webm 2>/dev/null | wc -c)
-  echo "  t=${t}s: $alive receivers running, $((bytes / 1024)) KiB played in total"
+  if [ "$n" -gt 0 ]; then
+    echo "  t=${t}s: $n receivers running, $((bytes / 1024)) KiB played in total, CPU $(( (t1 - t0) * 100 / hz / 5 / n ))% of a core and $((rss / n / 1024)) MiB RSS per receiver"
+  fi
+  t0=$t1
 done
 failed=0
 for p in "${rpids[@]}"; do wait "$p" || failed=$((failed + 1)); done

@@ -96,6 +96,9 @@ pub struct Summary {
     pub duplicates: u64,
     /// Seconds joined.
     pub joined_secs: f64,
+    /// Longest time between two chunk deliveries once playing (ms): a
+    /// failover shows here even when the buffer hid it from playback.
+    pub max_gap_ms: u64,
 }
 
 fn unix_us() -> u64 {
@@ -176,6 +179,8 @@ pub async fn run(
     // (from the latest keyframe, or after a failover) was sent before we
     // asked for it.
     let mut joined_unix_us = u64::MAX;
+    let mut last_delivery: Option<Instant> = None;
+    let mut max_gap = Duration::ZERO;
     let deadline = config.duration.map(|d| tokio::time::Instant::now() + d);
     let mut progress = tokio::time::interval(Duration::from_secs(5));
     tokio::pin!(shutdown);
@@ -200,6 +205,13 @@ pub async fn run(
             }
             Some(NodeEvent::Deliver { header, payload }) => {
                 if header.kind == ChunkKind::Media {
+                    let now = Instant::now();
+                    if playback.started() {
+                        if let Some(prev) = last_delivery {
+                            max_gap = max_gap.max(now - prev);
+                        }
+                        last_delivery = Some(now);
+                    }
                     // Steady-state latency: not the backlog that filled the
                     // startup buffer (startup_ms reports that phase).
                     if header.send_time_us >= joined_unix_us && playback.started() {
@@ -261,6 +273,7 @@ pub async fn run(
         chunks_skipped: skipped,
         duplicates: stats.duplicates,
         joined_secs,
+        max_gap_ms: max_gap.as_millis() as u64,
     };
     match ended {
         Ok(()) if joined_at.is_none() => bail!("never joined the stream"),

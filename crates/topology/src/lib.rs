@@ -187,14 +187,11 @@ impl Topology {
                 around
             }
             TopologyKind::Tree => {
-                // The new slot's ancestors (a faster joiner may swap upwards).
-                let mut path = Vec::new();
-                let mut p = self.tree_parent(self.slots.len());
-                while let Some(q) = p {
-                    path.push(self.slots[q]);
-                    p = self.tree_parent(q);
-                }
-                path
+                // The new slot's parent; a swap upwards adds its own region below.
+                self.tree_parent(self.slots.len())
+                    .map(|q| self.slots[q])
+                    .into_iter()
+                    .collect()
             }
             TopologyKind::Mesh => {
                 let p = self.slots.len();
@@ -208,7 +205,7 @@ impl Topology {
                 around
             }
         };
-        let before = self.before(&seeds);
+        let mut before = self.before(&seeds);
         self.capacity.insert(peer, score);
         let mut moved = vec![peer];
         match self.kind {
@@ -228,6 +225,10 @@ impl Topology {
                         let q = self.slots[parent];
                         if self.capacity[&q] >= score {
                             break;
+                        }
+                        // Links around the swapped parent, as they are now.
+                        for (peer, links) in self.before(&[q]) {
+                            before.entry(peer).or_insert(links);
                         }
                         self.swap(p, parent);
                         moved.push(q);
