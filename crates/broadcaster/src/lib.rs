@@ -26,6 +26,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+/// The gap left after the last block of a pass before the next one starts.
+const LOOP_FRAME_MS: u64 = 40;
+
 /// How long the broadcaster keeps serving after its input ended.
 const END_GRACE: Duration = Duration::from_secs(2);
 
@@ -234,8 +237,8 @@ pub async fn run(
     let pump = async {
         let start = Instant::now();
         let mut first_ts: Option<u64> = None;
-        let mut last_ts = 0u64;
-        let mut last_gap = 1000u64;
+        // Where the media played so far ends (last block), for looping.
+        let mut end_ms = 0u64;
         let mut shift = 0u64;
         let mut sent_init = false;
         let mut last_log = Instant::now();
@@ -256,10 +259,7 @@ pub async fn run(
                         Segment::Init(_) => sent_init = true,
                         Segment::Cluster(c) => {
                             let first = *first_ts.get_or_insert(c.timestamp_ms);
-                            if c.timestamp_ms > last_ts {
-                                last_gap = c.timestamp_ms - last_ts;
-                            }
-                            last_ts = c.timestamp_ms;
+                            end_ms = end_ms.max(c.last_block_ms);
                             if paced {
                                 let due = start
                                     + Duration::from_millis(c.timestamp_ms.saturating_sub(first));
@@ -307,8 +307,9 @@ pub async fn run(
                 tokio::time::sleep(END_GRACE).await;
                 return anyhow::Ok(());
             }
-            // Next pass: timestamps continue after the last cluster.
-            shift = last_ts + last_gap - first_ts.unwrap_or(0);
+            // Next pass: timestamps continue after the last block, one frame
+            // (≤ 40 ms: 25 fps video, 20 ms Opus) later.
+            shift = end_ms + LOOP_FRAME_MS - first_ts.unwrap_or(0);
             // Only files loop, and files have no child process.
             reader = open(&config.input).await?.0;
         }

@@ -15,6 +15,8 @@ pub struct Cluster {
     pub timestamp_ms: u64,
     /// Whether its first video block is a keyframe (always true without video).
     pub keyframe: bool,
+    /// Timestamp of its last block (ms): where its media ends, less one frame.
+    pub last_block_ms: u64,
     /// The element's bytes (id, size, body).
     pub bytes: Vec<u8>,
 }
@@ -356,7 +358,13 @@ impl Splitter {
         let body = &bytes[header_len..];
         let mut timestamp = 0;
         let mut keyframe = None;
+        let mut last_offset = 0i64;
         for (child, data) in ebml::children(body) {
+            if child == id::SIMPLE_BLOCK {
+                if let Some(rel) = block_timecode(data) {
+                    last_offset = last_offset.max(i64::from(rel));
+                }
+            }
             match child {
                 id::TIMESTAMP => timestamp = ebml::uint(data).unwrap_or(0),
                 id::SIMPLE_BLOCK if keyframe.is_none() => {
@@ -395,6 +403,7 @@ impl Splitter {
         Cluster {
             timestamp_ms: timestamp + self.shift_ms,
             keyframe,
+            last_block_ms: timestamp + self.shift_ms + last_offset as u64,
             bytes,
         }
     }
@@ -437,6 +446,14 @@ fn block_track_flags(block: &[u8]) -> Option<(u64, u8)> {
     // track number, 2-byte relative timecode, flags
     let flags = *block.get(len + 2)?;
     Some((track, flags))
+}
+
+/// A (Simple)Block's timecode relative to its cluster.
+fn block_timecode(block: &[u8]) -> Option<i16> {
+    let Read::Done(Some(_), len) = ebml::read_size(block) else {
+        return None;
+    };
+    Some(i16::from_be_bytes([*block.get(len)?, *block.get(len + 1)?]))
 }
 
 /// Rebuilds a cluster with a new Timestamp (known size).
