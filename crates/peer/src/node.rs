@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use bytes::Bytes;
-use miostream_protocol::signal::{Links, ResumeStream, StreamInfo};
+use miostream_protocol::signal::{ErrorCode, Links, ResumeStream, StreamInfo};
 use miostream_protocol::{
     ChunkHeader, IntegrityMode, PeerId, PeerMessage, StreamId, SupervisorMessage, TopologyKind,
 };
@@ -141,6 +141,10 @@ pub fn spawn_node(config: NodeConfig, transport: TransportHandle) -> NodeHandle 
         events: events_tx,
         stats: stats_tx,
         ending: None,
+        rejoin_at: None,
+        pending: Default::default(),
+        reopen: Vec::new(),
+        dropped_frames: 0,
     };
     let task = tokio::spawn(node.run(publish_rx));
     NodeHandle {
@@ -167,7 +171,21 @@ struct Node {
     stats: watch::Sender<RelayStats>,
     /// The stream ended: stop at this time, with this reason.
     ending: Option<(tokio::time::Instant, String)>,
+    /// Ask to join again at this time (the stream was not there yet).
+    rejoin_at: Option<tokio::time::Instant>,
+    /// Links that went down while still in the topology: opened again then.
+    reopen: Vec<(tokio::time::Instant, PeerId)>,
+    /// Control commands waiting for room in the transport's queue.
+    pending: std::collections::VecDeque<TransportCommand>,
+    /// Frames dropped because the transport's queue was full.
+    dropped_frames: u64,
 }
+
+/// Delay before re-joining a stream the restarted supervisor does not know yet.
+const REJOIN_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Delay before setting up again a link that failed while still wanted.
+const REOPEN_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// How long a node keeps relaying after its stream ended.
 const END_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -186,7 +204,37 @@ impl Node {
                 .as_ref()
                 .map(|r| tokio::time::Instant::from_std(r.poll_timeout()));
             let ending_at = self.ending.as_ref().map(|(t, _)| *t);
+            let rejoin_at = self.rejoin_at;
+            let reopen_at = self.reopen.iter().map(|(t, _)| *t).min();
+            let waiting = !self.pending.is_empty();
+            let commands = self.transport.commands.clone();
             let step = tokio::select! {
+                permit = commands.reserve(), if waiting => {
+                    if let (Ok(permit), Some(cmd)) = (permit, self.pending.pop_front()) {
+                        permit.send(cmd);
+                    }
+                    self.flush_control();
+                    Ok(())
+                }
+                _ = sleep_until_opt(reopen_at) => {
+                    let now = tokio::time::Instant::now();
+                    let due: Vec<PeerId> = self.reopen.iter().filter(|(t, _)| *t <= now).map(|(_, p)| *p).collect();
+                    self.reopen.retain(|(t, _)| *t > now);
+                    for peer in due {
+                        if self.linked.contains(&peer) {
+                            self.control(TransportCommand::Open { peer, initiator: self.me < peer });
+                        }
+                    }
+                    Ok(())
+                }
+                _ = sleep_until_opt(rejoin_at) => {
+                    self.rejoin_at = None;
+                    self.tell_supervisor(PeerMessage::JoinStream {
+                        name: self.name.clone(),
+                        capacity: Default::default(),
+                    });
+                    Ok(())
+                }
                 _ = sleep_until_opt(ending_at) => {
                     let reason = self.ending.take().map(|(_, r)| r).unwrap_or_default();
                     Err(Stop::Ended(reason))
@@ -292,15 +340,11 @@ impl Node {
             }
             SupervisorMessage::Reconfigure { stream, links, .. } => {
                 if self.keys.as_ref().is_some_and(|k| k.stream.id == stream) {
-                    self.reconfigure(links).await;
+                    self.reconfigure(links);
                 }
             }
             SupervisorMessage::Signal { from, payload } => {
-                let _ = self
-                    .transport
-                    .commands
-                    .send(TransportCommand::Signal { from, payload })
-                    .await;
+                self.control(TransportCommand::Signal { from, payload });
             }
             SupervisorMessage::StreamEnded { reason, .. } => {
                 // Keep relaying a moment: the last chunks may still be on
@@ -314,6 +358,12 @@ impl Node {
                 if self.keys.is_none() {
                     // The stream could not be announced or joined.
                     return Err(Stop::Failed(message));
+                }
+                if code == ErrorCode::StreamNotFound && self.announce.is_none() {
+                    // Re-joining after a supervisor restart, before the
+                    // broadcaster re-announced: try again shortly (the
+                    // stream keeps flowing between peers meanwhile).
+                    self.rejoin_at = Some(tokio::time::Instant::now() + REJOIN_DELAY);
                 }
             }
             other => debug!(msg = other.name(), "ignored"),
@@ -342,26 +392,44 @@ impl Node {
         });
     }
 
-    async fn reconfigure(&mut self, links: Links) {
+    fn reconfigure(&mut self, links: Links) {
         debug!(?links, "reconfigured");
         let next: HashSet<PeerId> = links.all_peers().collect();
-        for &peer in next.difference(&self.linked) {
+        let new: Vec<PeerId> = next.difference(&self.linked).copied().collect();
+        for peer in new {
             let cmd = TransportCommand::Open {
                 peer,
                 initiator: self.me < peer,
             };
-            let _ = self.transport.commands.send(cmd).await;
+            self.control(cmd);
         }
-        for &peer in self.linked.difference(&next) {
-            let _ = self
-                .transport
-                .commands
-                .send(TransportCommand::Close { peer })
-                .await;
+        let gone: Vec<PeerId> = self.linked.difference(&next).copied().collect();
+        for peer in gone {
+            self.control(TransportCommand::Close { peer });
         }
         self.linked = next;
         if let Some(r) = self.relay.as_mut() {
             r.set_links(links, Instant::now());
+        }
+    }
+
+    /// Queues a control command (open, close, signal) for the transport;
+    /// the loop hands them over as the transport has room, never blocking.
+    fn control(&mut self, cmd: TransportCommand) {
+        self.pending.push_back(cmd);
+        self.flush_control();
+    }
+
+    fn flush_control(&mut self) {
+        while let Some(cmd) = self.pending.pop_front() {
+            match self.transport.commands.try_send(cmd) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(cmd)) => {
+                    self.pending.push_front(cmd);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
         }
     }
 
@@ -376,6 +444,10 @@ impl Node {
             }
             TransportEvent::Down(peer) => {
                 debug!(%peer, "link down");
+                if self.linked.contains(&peer) && !self.reopen.iter().any(|(_, p)| *p == peer) {
+                    self.reopen
+                        .push((tokio::time::Instant::now() + REOPEN_DELAY, peer));
+                }
                 if let Some(r) = self.relay.as_mut() {
                     r.link_down(peer, now);
                 }
@@ -412,11 +484,17 @@ impl Node {
         for o in outputs {
             match o {
                 Output::Send { to, frame } => {
-                    let _ = self
+                    // Never wait on the transport (it may be waiting on us):
+                    // a frame that does not fit is dropped, as a full send
+                    // buffer would drop it; the receiver repairs the hole.
+                    if self
                         .transport
                         .commands
-                        .send(TransportCommand::Send { peer: to, frame })
-                        .await;
+                        .try_send(TransportCommand::Send { peer: to, frame })
+                        .is_err()
+                    {
+                        self.dropped_frames += 1;
+                    }
                 }
                 Output::Deliver { header, payload } => {
                     let _ = self
@@ -437,11 +515,7 @@ impl Node {
                 }
                 Output::LinkDead { peer } => {
                     info!(%peer, "link dead (missed heartbeats)");
-                    let _ = self
-                        .transport
-                        .commands
-                        .send(TransportCommand::Close { peer })
-                        .await;
+                    self.control(TransportCommand::Close { peer });
                 }
             }
         }

@@ -107,12 +107,21 @@ async fn played_until(h: &mut NodeHandle, last: u64) -> Vec<u64> {
 }
 
 async fn stream_through(topology: TopologyKind, receivers: usize, kill_after: Option<u64>) {
+    stream_through_with(topology, receivers, kill_after, None).await
+}
+
+async fn stream_through_with(
+    topology: TopologyKind,
+    receivers: usize,
+    kill_after: Option<u64>,
+    restart_supervisor_after: Option<u64>,
+) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
     let ids: Vec<usize> = (1..=receivers).collect();
-    let sup = TestSupervisor::start(&[0], &ids, |_| {}).await;
+    let mut sup = TestSupervisor::start(&[0], &ids, |_| {}).await;
     let hub = MemoryHub::new();
     let mut b = node(
         &sup,
@@ -145,6 +154,9 @@ async fn stream_through(topology: TopologyKind, receivers: usize, kill_after: Op
             let r = rs.remove(0);
             victim = Some(r.peer_id);
             r.kill();
+        }
+        if Some(seq) == restart_supervisor_after {
+            sup.restart().await;
         }
         tokio::time::sleep(Duration::from_millis(10)).await; // the source's pace
     }
@@ -182,6 +194,11 @@ async fn every_receiver_plays_every_chunk_in_each_topology() {
     for topology in [TopologyKind::List, TopologyKind::Tree, TopologyKind::Mesh] {
         stream_through(topology, 6, None).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_restart_mid_stream_interrupts_no_delivery() {
+    stream_through_with(TopologyKind::Tree, 6, None, Some(100)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -190,6 +190,10 @@ impl<V: Verify> Relay<V> {
 
     /// The data channel to `peer` opened.
     pub fn link_up(&mut self, peer: PeerId, now: Instant) {
+        // A link that comes up (again) starts fresh on both sides: the peer
+        // may have forgotten our subscription, and we theirs.
+        self.subscribers.remove(&peer);
+        self.upstreams.retain(|p| *p != peer);
         self.up.insert(
             peer,
             Link {

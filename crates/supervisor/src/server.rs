@@ -176,6 +176,9 @@ impl Server {
             );
         }
         info!("shutting down");
+        // Peers that lose us now are not departures: they will re-register
+        // with the next supervisor, and their streams keep flowing.
+        let _ = hub_tx.send(HubCommand::Shutdown).await;
         let _ = stop_tx.send(true);
         watcher.abort();
         drop(hub_tx);
@@ -248,12 +251,15 @@ enum HubCommand {
         id: PeerId,
     },
     Authorized(Arc<Authorized>),
+    /// The server is stopping: forget peers silently from now on.
+    Shutdown,
 }
 
 /// Owns the manager and the outbound queue of every registered peer.
 struct Hub {
     manager: Manager,
     peers: HashMap<PeerId, mpsc::Sender<Outbound>>,
+    stopping: bool,
 }
 
 impl Hub {
@@ -270,6 +276,7 @@ impl Hub {
                 bad_chunk_limit: config.integrity.bad_chunk_limit,
             }),
             peers: HashMap::new(),
+            stopping: false,
         }
     }
 
@@ -296,7 +303,15 @@ impl Hub {
                 HubCommand::Message { from, msg } => self.manager.handle(from, msg, &mut rng),
                 HubCommand::Gone { id } => {
                     self.peers.remove(&id);
-                    self.manager.disconnected(id)
+                    if self.stopping {
+                        Vec::new()
+                    } else {
+                        self.manager.disconnected(id)
+                    }
+                }
+                HubCommand::Shutdown => {
+                    self.stopping = true;
+                    Vec::new()
                 }
                 HubCommand::Authorized(list) => self.manager.reauthorize(list.as_ref()),
             };
