@@ -21,11 +21,7 @@ fn clusters_agree_with_webm_iterable() {
         match tag.unwrap() {
             MatroskaSpec::TrackNumber(n) => number = Some(n),
             MatroskaSpec::TrackType(t) => kind = Some(t),
-            MatroskaSpec::TrackEntry(Master::End) => {
-                if kind == Some(1) {
-                    video = number;
-                }
-            }
+            MatroskaSpec::TrackEntry(Master::End) if kind == Some(1) => video = number,
             MatroskaSpec::Cluster(Master::Start) => theirs.push((0, None)),
             MatroskaSpec::Timestamp(t) => {
                 if let Some(last) = theirs.last_mut() {
