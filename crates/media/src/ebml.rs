@@ -1,4 +1,6 @@
-//! EBML primitives: element ids and sizes (variable-length integers).
+//! EBML primitives: element ids and sizes (variable-length integers), a
+//! child iterator over buffered master elements, and in-place voiding of
+//! children (the init fix-up keeps every byte offset).
 
 /// Ids of the elements the splitter cares about.
 pub(crate) mod id {
@@ -22,6 +24,8 @@ pub(crate) mod id {
     pub(crate) const BLOCK_GROUP: u32 = 0xA0;
     pub(crate) const BLOCK: u32 = 0xA1;
     pub(crate) const REFERENCE_BLOCK: u32 = 0xFB;
+    pub(crate) const DURATION: u32 = 0x4489;
+    pub(crate) const TIMESTAMP_SCALE: u32 = 0x2A_D7B1;
 }
 
 /// Ids that may follow a Segment's children at the top level of a Segment.
@@ -41,6 +45,12 @@ pub(crate) fn is_segment_child(i: u32) -> bool {
             | id::EBML
             | id::SEGMENT
     )
+}
+
+/// Whether `i`, met inside an unknown-size Cluster, ends it: any top-level
+/// element. Void and CRC-32 may sit inside any master, so they do not.
+pub(crate) fn ends_open_cluster(i: u32) -> bool {
+    is_segment_child(i) && i != id::VOID && i != id::CRC32
 }
 
 /// Outcome of reading a variable-length field.
@@ -130,6 +140,50 @@ pub(crate) fn children(mut body: &[u8]) -> impl Iterator<Item = (u32, &[u8])> {
     })
 }
 
+/// Iterates the children of a buffered master body as (id, start, end) byte
+/// ranges of whole elements (header included). Stops at the first malformed
+/// or unknown-size child.
+pub(crate) fn child_ranges(body: &[u8]) -> impl Iterator<Item = (u32, usize, usize)> + '_ {
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        let rest = body.get(at..)?;
+        let Read::Done(i, il) = read_id(rest) else {
+            return None;
+        };
+        let Read::Done(Some(size), sl) = read_size(rest.get(il..)?) else {
+            return None;
+        };
+        let end = at
+            .checked_add(il + sl)?
+            .checked_add(usize::try_from(size).ok()?)?;
+        if end > body.len() {
+            return None;
+        }
+        let start = at;
+        at = end;
+        Some((i, start, end))
+    })
+}
+
+/// Overwrites `element` (a whole element, at least 2 bytes) with a Void
+/// element of exactly the same length, so no enclosing size changes.
+pub(crate) fn void_in_place(element: &mut [u8]) {
+    let len = element.len();
+    if len < 2 {
+        return;
+    }
+    // 0xEC, then an 8-byte size when it does not fit one byte (sizes up to
+    // 126 fit in one byte: 0x80 | n).
+    element.fill(0);
+    element[0] = 0xEC;
+    if len - 2 <= 126 {
+        element[1] = 0x80 | (len - 2) as u8;
+    } else {
+        // len > 128 here, so the 8-byte size fits.
+        element[1..9].copy_from_slice(&size8((len - 9) as u64));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +201,15 @@ mod tests {
         assert_eq!(read_size(&size8(150_000)), Read::Done(Some(150_000), 8));
         assert_eq!(read_size(&[0x00]), Read::Invalid);
         assert_eq!(read_size(&[0x10, 0]), Read::NeedMore);
+    }
+
+    #[test]
+    fn voids_keep_the_length_and_parse_back() {
+        for len in [2usize, 3, 11, 128, 129, 130, 5000] {
+            let mut e = vec![0xAB; len];
+            void_in_place(&mut e);
+            let ranges: Vec<_> = child_ranges(&e).collect();
+            assert_eq!(ranges, vec![(id::VOID, 0, len)], "length {len}");
+        }
     }
 }

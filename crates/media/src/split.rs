@@ -1,8 +1,12 @@
 //! The incremental WebM splitter: bytes in (pieces of any size), init
-//! segment and clusters out.
+//! segment and clusters out. Only the elements it must hand out whole (EBML
+//! header, Info, Tracks, Clusters) are buffered, each up to [`MAX_ELEMENT`];
+//! everything else is skipped as it streams past.
 
 use crate::ebml::{self, id, Read};
 use crate::MediaError;
+
+const MS_NS: u64 = 1_000_000;
 
 /// Largest element the splitter buffers (a cluster, the Tracks): bounds the
 /// memory malformed or hostile input can claim.
@@ -11,7 +15,7 @@ pub const MAX_ELEMENT: u64 = 64 * 1024 * 1024;
 /// A whole Cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {
-    /// Its Timestamp (in TimestampScale units: ms for WebM's default).
+    /// Its Timestamp in ms (converted from the Segment's TimestampScale).
     pub timestamp_ms: u64,
     /// Whether its first video block is a keyframe (always true without video).
     pub keyframe: bool,
@@ -19,6 +23,15 @@ pub struct Cluster {
     pub last_block_ms: u64,
     /// The element's bytes (id, size, body).
     pub bytes: Vec<u8>,
+}
+
+impl Cluster {
+    /// Media time its blocks span (ms): last block start − cluster start.
+    /// A cluster's real duration also includes its last frame, which only
+    /// the next cluster's timestamp tells.
+    pub fn span_ms(&self) -> u64 {
+        self.last_block_ms.saturating_sub(self.timestamp_ms)
+    }
 }
 
 /// What the splitter yields.
@@ -57,6 +70,8 @@ pub struct Splitter {
     video_track: Option<u64>,
     segment_end: Option<u64>,
     shift_ms: u64,
+    /// Nanoseconds per timestamp tick (Info's TimestampScale; 1 ms default).
+    scale_ns: u64,
 }
 
 impl Default for Splitter {
@@ -78,6 +93,7 @@ impl Splitter {
             video_track: None,
             segment_end: None,
             shift_ms: 0,
+            scale_ns: MS_NS,
         }
     }
 
@@ -152,22 +168,28 @@ impl Splitter {
             Read::Invalid => return Err(self.corrupt("invalid element id")),
         };
         match ebml::read_size(&self.buf[il..]) {
-            Read::Done(size, sl) => {
-                if let Some(s) = size {
-                    if s > MAX_ELEMENT && i != id::SEGMENT {
-                        return Err(MediaError::TooLarge {
-                            id: i,
-                            offset: self.offset,
-                            size: s,
-                            max: MAX_ELEMENT,
-                        });
-                    }
-                }
-                Ok(Some((i, size, il + sl)))
-            }
+            Read::Done(size, sl) => Ok(Some((i, size, il + sl))),
             Read::NeedMore => Ok(None),
             Read::Invalid => Err(self.corrupt("invalid element size")),
         }
+    }
+
+    /// Total length of an element the splitter must buffer whole, refused
+    /// above [`MAX_ELEMENT`] before anything is buffered.
+    fn buffered_len(&self, i: u32, size: u64, header_len: usize) -> Result<usize, MediaError> {
+        let too_large = MediaError::TooLarge {
+            id: i,
+            offset: self.offset,
+            size,
+            max: MAX_ELEMENT,
+        };
+        if size > MAX_ELEMENT {
+            return Err(too_large);
+        }
+        usize::try_from(size)
+            .ok()
+            .and_then(|s| s.checked_add(header_len))
+            .ok_or(too_large)
     }
 
     /// One parsing step. `Ok(None)`: need more input. `Ok(Some(None))`:
@@ -198,7 +220,7 @@ impl Splitter {
                     return Err(MediaError::NotWebm { found: i });
                 }
                 let size = size.ok_or_else(|| self.corrupt("EBML header of unknown size"))?;
-                let total = hl + size as usize;
+                let total = self.buffered_len(i, size, hl)?;
                 if self.buf.len() < total {
                     return Ok(None);
                 }
@@ -206,6 +228,7 @@ impl Splitter {
                 self.tracks_seen = false;
                 self.init_emitted = false;
                 self.video_track = None;
+                self.scale_ns = MS_NS;
                 self.state = State::SegmentHeader;
                 Ok(Some(None))
             }
@@ -217,7 +240,7 @@ impl Splitter {
                     return Err(self.corrupt("expected a Segment after the EBML header"));
                 }
                 self.consume(hl);
-                self.segment_end = size.map(|s| self.offset + s);
+                self.segment_end = size.map(|s| self.offset.saturating_add(s));
                 let mut header = vec![0x18, 0x53, 0x80, 0x67];
                 // Re-served from any cluster on, the Segment's size is unknown.
                 header.extend_from_slice(&ebml::UNKNOWN_SIZE);
@@ -243,14 +266,16 @@ impl Splitter {
                     id::INFO | id::TRACKS => {
                         let size =
                             size.ok_or_else(|| self.corrupt("Info/Tracks of unknown size"))?;
-                        let total = hl + size as usize;
+                        let total = self.buffered_len(i, size, hl)?;
                         if self.buf.len() < total {
                             return Ok(None);
                         }
-                        let element = self.consume(total);
+                        let mut element = self.consume(total);
                         if i == id::TRACKS {
                             self.tracks_seen = true;
                             self.video_track = video_track(&element[hl..]);
+                        } else {
+                            self.scale_ns = fix_up_info(&mut element[hl..]);
                         }
                         self.init.extend_from_slice(&element);
                         Ok(Some(None))
@@ -267,7 +292,7 @@ impl Splitter {
                         }
                         match size {
                             Some(size) => {
-                                let total = hl + size as usize;
+                                let total = self.buffered_len(i, size, hl)?;
                                 if self.buf.len() < total {
                                     return Ok(None);
                                 }
@@ -314,7 +339,7 @@ impl Splitter {
             }
             let rest = &self.buf[scanned..];
             let ends = match ebml::read_id(rest) {
-                Read::Done(i, _) => ebml::is_segment_child(i),
+                Read::Done(i, _) => ebml::ends_open_cluster(i),
                 Read::NeedMore if eof && rest.is_empty() => true,
                 Read::NeedMore => {
                     self.state = State::OpenCluster { scanned };
@@ -333,6 +358,16 @@ impl Splitter {
             };
             match ebml::read_size(&rest[il..]) {
                 Read::Done(Some(size), sl) => {
+                    // Bound the cluster by what it claims, before buffering it.
+                    let claimed = (scanned + il + sl) as u64 + size;
+                    if claimed > MAX_ELEMENT {
+                        return Err(MediaError::TooLarge {
+                            id: id::CLUSTER,
+                            offset: self.offset,
+                            size: claimed,
+                            max: MAX_ELEMENT,
+                        });
+                    }
                     let total = il + sl + size as usize;
                     if rest.len() < total {
                         self.state = State::OpenCluster { scanned };
@@ -356,35 +391,36 @@ impl Splitter {
     /// timestamp shift.
     fn cluster(&self, bytes: Vec<u8>, header_len: usize) -> Cluster {
         let body = &bytes[header_len..];
-        let mut timestamp = 0;
+        let mut ticks = 0u64;
         let mut keyframe = None;
-        let mut last_offset = 0i64;
+        let mut last_offset = 0u64;
         for (child, data) in ebml::children(body) {
-            if child == id::SIMPLE_BLOCK {
-                if let Some(rel) = block_timecode(data) {
-                    last_offset = last_offset.max(i64::from(rel));
-                }
-            }
             match child {
-                id::TIMESTAMP => timestamp = ebml::uint(data).unwrap_or(0),
-                id::SIMPLE_BLOCK if keyframe.is_none() => {
-                    if let Some((track, flags)) = block_track_flags(data) {
-                        if self.video_track.is_none_or(|v| v == track) {
-                            keyframe = Some(flags & 0x80 != 0);
+                id::TIMESTAMP => ticks = ebml::uint(data).unwrap_or(0),
+                id::SIMPLE_BLOCK => {
+                    last_offset = last_offset.max(block_timecode(data));
+                    if keyframe.is_none() {
+                        if let Some((track, flags)) = block_track_flags(data) {
+                            if self.video_track.is_none_or(|v| v == track) {
+                                keyframe = Some(flags & 0x80 != 0);
+                            }
                         }
                     }
                 }
-                id::BLOCK_GROUP if keyframe.is_none() => {
+                id::BLOCK_GROUP => {
                     let mut track = None;
                     let mut referenced = false;
                     for (g, gd) in ebml::children(data) {
                         match g {
-                            id::BLOCK => track = block_track_flags(gd).map(|(t, _)| t),
+                            id::BLOCK => {
+                                last_offset = last_offset.max(block_timecode(gd));
+                                track = block_track_flags(gd).map(|(t, _)| t);
+                            }
                             id::REFERENCE_BLOCK => referenced = true,
                             _ => {}
                         }
                     }
-                    if let Some(t) = track {
+                    if let (None, Some(t)) = (keyframe, track) {
                         if self.video_track.is_none_or(|v| v == t) {
                             keyframe = Some(!referenced);
                         }
@@ -395,18 +431,63 @@ impl Splitter {
         }
         // Audio-only streams can start at any cluster.
         let keyframe = keyframe.unwrap_or(self.video_track.is_none());
-        let bytes = if self.shift_ms > 0 {
-            shift_cluster(body, timestamp + self.shift_ms)
+        let shift_ticks = self.ms_to_ticks(self.shift_ms);
+        let ticks = ticks.saturating_add(shift_ticks);
+        let bytes = if shift_ticks > 0 {
+            shift_cluster(body, ticks)
         } else {
             bytes
         };
         Cluster {
-            timestamp_ms: timestamp + self.shift_ms,
+            timestamp_ms: self.ticks_to_ms(ticks),
             keyframe,
-            last_block_ms: timestamp + self.shift_ms + last_offset as u64,
+            last_block_ms: self.ticks_to_ms(ticks.saturating_add(last_offset)),
             bytes,
         }
     }
+
+    fn ticks_to_ms(&self, ticks: u64) -> u64 {
+        let ms = u128::from(ticks) * u128::from(self.scale_ns) / u128::from(MS_NS);
+        u64::try_from(ms).unwrap_or(u64::MAX)
+    }
+
+    fn ms_to_ticks(&self, ms: u64) -> u64 {
+        let ticks = u128::from(ms) * u128::from(MS_NS) / u128::from(self.scale_ns.max(1));
+        u64::try_from(ticks).unwrap_or(u64::MAX)
+    }
+}
+
+/// Fixes up a buffered Info body for a live stream and returns its
+/// TimestampScale (ns per tick). A file's Duration would tell players the
+/// stream ends there (wrong for a live or looped stream), so it is voided
+/// in place: the Info element keeps its length.
+fn fix_up_info(body: &mut [u8]) -> u64 {
+    let mut scale = MS_NS;
+    let mut durations = Vec::new();
+    for (i, start, end) in ebml::child_ranges(body) {
+        match i {
+            id::DURATION => durations.push((start, end)),
+            id::TIMESTAMP_SCALE => {
+                let data = &body[start..end];
+                // The value is the element's last bytes; its header is id + size.
+                if let Some(v) = element_body(data).and_then(ebml::uint) {
+                    if v > 0 {
+                        scale = v;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for (start, end) in durations {
+        ebml::void_in_place(&mut body[start..end]);
+    }
+    scale
+}
+
+/// The body of a whole element.
+fn element_body(element: &[u8]) -> Option<&[u8]> {
+    element.get(header_len(element)..)
 }
 
 fn header_len(element: &[u8]) -> usize {
@@ -448,12 +529,16 @@ fn block_track_flags(block: &[u8]) -> Option<(u64, u8)> {
     Some((track, flags))
 }
 
-/// A (Simple)Block's timecode relative to its cluster.
-fn block_timecode(block: &[u8]) -> Option<i16> {
+/// A (Simple)Block's timecode relative to its cluster, in ticks; blocks
+/// before the cluster's start (negative) and malformed ones count as 0.
+fn block_timecode(block: &[u8]) -> u64 {
     let Read::Done(Some(_), len) = ebml::read_size(block) else {
-        return None;
+        return 0;
     };
-    Some(i16::from_be_bytes([*block.get(len)?, *block.get(len + 1)?]))
+    match (block.get(len), block.get(len + 1)) {
+        (Some(&a), Some(&b)) => u64::try_from(i16::from_be_bytes([a, b])).unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// Rebuilds a cluster with a new Timestamp (known size).
@@ -467,7 +552,8 @@ fn shift_cluster(body: &[u8], timestamp: u64) -> Vec<u8> {
         let Read::Done(Some(size), sl) = ebml::read_size(&rest[il..]) else {
             break;
         };
-        let end = (il + sl + size as usize).min(rest.len());
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        let end = (il + sl).saturating_add(size).min(rest.len());
         if i != id::TIMESTAMP {
             children.extend_from_slice(&rest[..end]);
         }
