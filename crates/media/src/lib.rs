@@ -10,20 +10,30 @@
 //!   bounded by [`MAX_ELEMENT`].
 //! - [`chunk`]: init segment and clusters → chunk headers and payloads of at
 //!   most one frame each, flagged with cluster boundaries and keyframes.
-//!
+//! - [`Pacer`]: when each cluster of a file is due, for real-time pacing.
+//! - [`Reassembler`]: the receiver's side — chunks in any order, with
+//!   duplicates and holes → the init segment (passed through
+//!   [`fix_up_init`]) and whole clusters from the first video-keyframe
+//!   cluster on; after a hole, from the next keyframe cluster.
 //! - [`PlaybackModel`]: the startup buffer, media clock and stall
 //!   accounting behind the receiver's QoS figures.
 //!
-//! A receiver writes the payloads it is delivered, in order, to get a
-//! playable WebM: the init segment, then clusters from a keyframe on.
+//! Time is always an argument; the tokio edges (file pacing, stdin, ffmpeg,
+//! the HTTP endpoint) live in `miostream-media-io`.
 
 mod ebml;
+mod init;
+mod pace;
+mod reassemble;
 mod split;
 
 pub mod chunk;
 pub mod playback;
 
+pub use init::fix_up_init;
+pub use pace::{Pacer, DEFAULT_MAX_JUMP};
 pub use playback::{PlaybackModel, PlaybackStats};
+pub use reassemble::{Reassembled, Reassembler, ReassemblyConfig};
 pub use split::{Cluster, Segment, Splitter, MAX_ELEMENT};
 
 /// Why WebM input was refused.
