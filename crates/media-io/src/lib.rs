@@ -1,0 +1,29 @@
+//! The tokio edges of MioStream's media pipeline; the logic they drive
+//! (splitting, pacing, reassembly) is the pure `miostream-media` crate.
+//!
+//! - Broadcaster side, [`MediaSource`]: a WebM file paced at real time by
+//!   its cluster timestamps (optionally looped: the next pass *continues the
+//!   timestamps*, no re-init), a live WebM from stdin or any reader, or a
+//!   V4L2 webcam encoded to VP8 + Opus by an ffmpeg child process. It yields
+//!   [`Segment`]s (the init segment once, then clusters when due).
+//! - Receiver side: [`StreamWriter`] writes reassembled WebM to a file or
+//!   stdout; [`LiveServer`] serves it over HTTP/1.1 to any number of players
+//!   (mpv, VLC, ffplay, a browser `<video>`), each starting at the init
+//!   segment and the latest keyframe cluster.
+//!
+//! Memory is bounded everywhere: one read buffer and the splitter's element
+//! limit per source, a fixed ring of clusters shared by all HTTP clients
+//! (a client that falls behind skips ahead to the next keyframe cluster).
+//!
+//! Not here: chunk framing, integrity and transport (the peer crates).
+
+mod error;
+mod serve;
+mod sink;
+mod source;
+
+pub use error::MediaIoError;
+pub use miostream_media::Segment;
+pub use serve::{LiveServer, ServeConfig};
+pub use sink::StreamWriter;
+pub use source::{MediaSource, Source, SourceConfig, LOOP_GAP_MS};
