@@ -1,5 +1,6 @@
 //! Splitter throughput on the bundled WebM (MB/s) and the work the
-//! splitter + chunker add per cluster. `cargo bench -p miostream-media`
+//! splitter + chunker, the pacer and the receiver's reassembler add per
+//! cluster. `cargo bench -p miostream-media`
 
 use std::hint::black_box;
 use std::path::Path;
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use miostream_media::chunk::Chunker;
-use miostream_media::{Segment, Splitter};
+use miostream_media::{Pacer, Reassembler, ReassemblyConfig, Segment, Splitter};
 use miostream_protocol::StreamId;
 
 fn bench(c: &mut Criterion) {
@@ -53,6 +54,34 @@ fn bench(c: &mut Criterion) {
                 .map(|seg| chunker.chunks(seg, 0).len())
                 .sum();
             black_box(n)
+        })
+    });
+    let chunks: Vec<_> = Chunker::new(StreamId(1), 0)
+        .chunks(&segments[1], 0)
+        .into_iter()
+        .map(|(h, p)| (h, p.to_vec()))
+        .collect();
+    let init_chunks: Vec<_> = Chunker::new(StreamId(1), 1_000_000)
+        .chunks(&segments[0], 0)
+        .into_iter()
+        .map(|(h, p)| (h, p.to_vec()))
+        .collect();
+    group.bench_function("reassemble", |b| {
+        b.iter(|| {
+            let mut r = Reassembler::new(ReassemblyConfig::default());
+            let mut n = 0;
+            for (h, p) in init_chunks.iter().chain(&chunks) {
+                n += r.push(h, p).len();
+            }
+            black_box(n)
+        })
+    });
+    group.bench_function("pacer_due", |b| {
+        let mut pacer = Pacer::default();
+        let mut ts = 0u64;
+        b.iter(|| {
+            ts += 1000;
+            black_box(pacer.due(ts, Duration::from_millis(ts)))
         })
     });
     group.finish();

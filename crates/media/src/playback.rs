@@ -221,4 +221,47 @@ mod tests {
         assert_eq!(s.startup_ms, 800);
         assert_eq!(s.stalls, 0);
     }
+
+    /// Every millisecond after the first cluster is exactly one of startup,
+    /// playing or stalled, for scripted arrival schedules with gaps.
+    #[test]
+    fn wall_time_is_startup_plus_played_plus_stalled() {
+        let t0 = Instant::now();
+        // (cluster timestamp, arrival ms): on time, bursts, and late ones.
+        let schedules: [&[(u64, u64)]; 3] = [
+            &[
+                (0, 0),
+                (1000, 300),
+                (2000, 2600),
+                (3000, 2700),
+                (4000, 6000),
+            ],
+            &[
+                (0, 100),
+                (1000, 100),
+                (2000, 100),
+                (3000, 5000),
+                (4000, 5001),
+            ],
+            &[(0, 0), (500, 900), (1000, 1900), (1500, 2900), (2000, 3900)],
+        ];
+        for schedule in schedules {
+            let mut m = model();
+            let first_arrival = schedule[0].1;
+            for &(ts, at) in schedule {
+                m.cluster_complete(ts, t0 + MS * at as u32);
+            }
+            for end in [7000u64, 9000] {
+                let s = m.stats(t0 + MS * end as u32);
+                assert_eq!(
+                    s.startup_ms + s.played_ms + s.stall_ms,
+                    end - first_arrival,
+                    "{schedule:?} at {end}: {s:?}"
+                );
+                // Nothing plays that has not arrived.
+                let last = schedule.iter().map(|(ts, _)| *ts).max().unwrap_or(0);
+                assert!(s.played_ms <= last + 1000 - schedule[0].0);
+            }
+        }
+    }
 }
