@@ -441,3 +441,63 @@ proptest! {
         prop_assert_eq!(play(&out), play(&reference));
     }
 }
+
+#[test]
+fn vp9_and_opus_late_join_decodes() {
+    if !ffmpeg() {
+        return;
+    }
+    let out = Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=160x120:rate=25",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine",
+            "-t",
+            "4",
+            "-c:v",
+            "libvpx-vp9",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+            "-g",
+            "25",
+            "-c:a",
+            "libopus",
+            "-f",
+            "webm",
+            "-cluster_time_limit",
+            "1000",
+            "pipe:1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let segments = split(&out.stdout);
+    let chunks = chunk_all(&segments);
+    let c2 = chunks
+        .iter()
+        .filter(|(h, _)| h.flags.contains(ChunkFlags::CLUSTER_START))
+        .nth(2)
+        .unwrap()
+        .0
+        .seq;
+    // Join one chunk into cluster index 1: the next keyframe cluster plays.
+    let joined = chunks
+        .iter()
+        .filter(|(h, _)| h.kind == miostream_protocol::ChunkKind::Init || h.seq > c2);
+    let played = play(&reassemble(joined));
+    assert!(played.len() > segments_init_len(&segments));
+    assert_eq!(decode_errors(&played), "");
+}
