@@ -137,6 +137,21 @@ impl PlaybackModel {
         }
     }
 
+    /// Media available ahead of the play head as of `now` (ms).
+    pub fn buffered_ms(&mut self, now: Instant) -> u64 {
+        self.advance(now);
+        let Some(avail) = self.available_until else {
+            return 0;
+        };
+        match self.state {
+            State::Idle => 0,
+            State::Starting { .. } => avail.saturating_sub(self.first_ts.unwrap_or(avail)),
+            State::Playing { media_at, .. } | State::Stalled { media_at, .. } => {
+                avail.saturating_sub(media_at)
+            }
+        }
+    }
+
     /// Counters as of `now`.
     pub fn stats(&mut self, now: Instant) -> PlaybackStats {
         self.advance(now);

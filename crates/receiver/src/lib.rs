@@ -59,6 +59,9 @@ pub struct ReceiveConfig {
     pub bind: Option<IpAddr>,
     /// STUN/TURN URLs.
     pub ice_servers: Vec<String>,
+    /// Rewrite the summary here every second while running (atomically), so
+    /// that a receiver killed abruptly still leaves its figures.
+    pub live_summary: Option<PathBuf>,
 }
 
 /// The receiver summary (`--summary FILE.json`); keys as in PRODUCT.md.
@@ -66,6 +69,8 @@ pub struct ReceiveConfig {
 pub struct Summary {
     /// Stream name.
     pub stream: String,
+    /// This receiver's peer id (random per run).
+    pub peer_id: String,
     /// Chunks received (new, accepted).
     pub chunks_received: u64,
     /// Of those, chunks whose tag was checked.
@@ -99,6 +104,74 @@ pub struct Summary {
     /// Longest time between two chunk deliveries once playing (ms): a
     /// failover shows here even when the buffer hid it from playback.
     pub max_gap_ms: u64,
+    /// Media buffered ahead of the play head (ms).
+    pub buffer_ms: u64,
+    /// Whether this is the summary written at exit (a live one says false).
+    pub ended: bool,
+}
+
+/// Writes `summary` to `path` atomically (a temporary file, then a rename):
+/// a reader never sees half a file.
+pub fn write_summary(path: &std::path::Path, summary: &Summary) -> std::io::Result<()> {
+    let json = serde_json::to_string_pretty(summary).map_err(std::io::Error::other)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, json + "\n")?;
+    std::fs::rename(&tmp, path)
+}
+
+/// What the receive loop measures, turned into a [`Summary`] on demand.
+struct Qos {
+    stream: String,
+    peer_id: PeerId,
+    playback: PlaybackModel,
+    latencies: Vec<f64>,
+    skipped: u64,
+    joined_at: Option<Instant>,
+    max_gap: Duration,
+}
+
+impl Qos {
+    fn summary(
+        &mut self,
+        now: Instant,
+        stats: &miostream_relay::RelayStats,
+        verified: u64,
+        ended: bool,
+    ) -> Summary {
+        let p = self.playback.stats(now);
+        let mut sorted = self.latencies.clone();
+        sorted.sort_by(f64::total_cmp);
+        let joined_secs = self
+            .joined_at
+            .map_or(0.0, |t| now.duration_since(t).as_secs_f64());
+        Summary {
+            stream: self.stream.clone(),
+            peer_id: self.peer_id.to_string(),
+            chunks_received: stats.chunks_received,
+            chunks_verified: verified,
+            chunks_rejected: stats.rejected,
+            bytes_received: stats.bytes_received,
+            goodput_bps: if joined_secs > 0.0 {
+                (stats.bytes_received as f64 * 8.0 / joined_secs) as u64
+            } else {
+                0
+            },
+            stalls: p.stalls,
+            stall_ms: p.stall_ms,
+            startup_ms: p.startup_ms,
+            played_ms: p.played_ms,
+            latency_ms_p50: percentile(&sorted, 0.5),
+            latency_ms_p99: percentile(&sorted, 0.99),
+            parent_changes: stats.upstream_changes,
+            chunks_skipped: self.skipped,
+            duplicates: stats.duplicates,
+            joined_secs,
+            max_gap_ms: self.max_gap.as_millis() as u64,
+            buffer_ms: self.playback.buffered_ms(now),
+            ended,
+        }
+    }
 }
 
 fn unix_us() -> u64 {
@@ -171,55 +244,70 @@ pub async fn run(
         },
         transport,
     );
-    let mut playback = PlaybackModel::new(config.startup, config.startup / 2);
-    let mut latencies: Vec<f64> = Vec::new();
-    let mut skipped = 0u64;
-    let mut joined_at: Option<Instant> = None;
+    let mut qos = Qos {
+        stream: config.stream.clone(),
+        peer_id,
+        playback: PlaybackModel::new(config.startup, config.startup / 2),
+        latencies: Vec::new(),
+        skipped: 0,
+        joined_at: None,
+        max_gap: Duration::ZERO,
+    };
     // Latency counts live chunks only: the backlog a new upstream replays
     // (from the latest keyframe, or after a failover) was sent before we
     // asked for it.
     let mut joined_unix_us = u64::MAX;
     let mut last_delivery: Option<Instant> = None;
-    let mut max_gap = Duration::ZERO;
     let deadline = config.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut progress = tokio::time::interval(Duration::from_secs(5));
+    let verified = || integrity.lock().map(|c| c.verified).unwrap_or(0);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks = 0u64;
     tokio::pin!(shutdown);
     let ended: anyhow::Result<()> = loop {
         let event = tokio::select! {
             e = node.events.recv() => e,
             _ = &mut shutdown => break Ok(()),
             _ = sleep_until_opt(deadline) => break Ok(()),
-            _ = progress.tick() => {
+            _ = tick.tick() => {
                 let stats = node.stats.borrow().clone();
-                let p = playback.stats(Instant::now());
-                info!(chunks = stats.chunks_received, rejected = stats.rejected, stalls = p.stalls, stall_ms = p.stall_ms, upstreams_changed = stats.upstream_changes, "receiving");
+                let s = qos.summary(Instant::now(), &stats, verified(), false);
+                if let Some(path) = &config.live_summary {
+                    if let Err(e) = write_summary(path, &s) {
+                        warn!("cannot write {}: {e}", path.display());
+                    }
+                }
+                if ticks % 5 == 0 {
+                    info!(chunks = s.chunks_received, rejected = s.chunks_rejected, stalls = s.stalls, stall_ms = s.stall_ms, buffer_ms = s.buffer_ms, upstreams_changed = s.parent_changes, "receiving");
+                }
+                ticks += 1;
                 continue;
             }
         };
         match event {
             None => break Err(anyhow::anyhow!("the node stopped")),
             Some(NodeEvent::Joined(keys)) => {
-                joined_at = Some(Instant::now());
+                qos.joined_at = Some(Instant::now());
                 joined_unix_us = unix_us();
                 info!(stream = %config.stream, id = %keys.stream.id, topology = %keys.stream.topology, integrity = %keys.stream.integrity, %bind, "joined");
             }
             Some(NodeEvent::Deliver { header, payload }) => {
                 if header.kind == ChunkKind::Media {
                     let now = Instant::now();
-                    if playback.started() {
+                    if qos.playback.started() {
                         if let Some(prev) = last_delivery {
-                            max_gap = max_gap.max(now - prev);
+                            qos.max_gap = qos.max_gap.max(now - prev);
                         }
                         last_delivery = Some(now);
                     }
                     // Steady-state latency: not the backlog that filled the
                     // startup buffer (startup_ms reports that phase).
-                    if header.send_time_us >= joined_unix_us && playback.started() {
+                    if header.send_time_us >= joined_unix_us && qos.playback.started() {
                         let latency = unix_us().saturating_sub(header.send_time_us) as f64 / 1000.0;
-                        latencies.push(latency);
+                        qos.latencies.push(latency);
                     }
                     if header.flags.contains(ChunkFlags::CLUSTER_END) {
-                        playback.cluster_complete(header.timestamp_ms, Instant::now());
+                        qos.playback
+                            .cluster_complete(header.timestamp_ms, Instant::now());
                     }
                 }
                 if let Some(s) = &server {
@@ -233,7 +321,7 @@ pub async fn run(
                     }
                 }
             }
-            Some(NodeEvent::Skipped { count, .. }) => skipped += count,
+            Some(NodeEvent::Skipped { count, .. }) => qos.skipped += count,
             Some(NodeEvent::Ended(reason)) => {
                 info!("stream ended: {reason}");
                 break Ok(());
@@ -245,38 +333,11 @@ pub async fn run(
     if let Some(mut w) = writer {
         let _ = w.flush().await;
     }
-    let now = Instant::now();
     let stats = node.stats.borrow().clone();
+    let summary = qos.summary(Instant::now(), &stats, verified(), true);
     node.stop().await;
-    let p = playback.stats(now);
-    latencies.sort_by(f64::total_cmp);
-    let joined_secs = joined_at.map_or(0.0, |t| now.duration_since(t).as_secs_f64());
-    let verified = integrity.lock().map(|c| c.verified).unwrap_or(0);
-    let summary = Summary {
-        stream: config.stream,
-        chunks_received: stats.chunks_received,
-        chunks_verified: verified,
-        chunks_rejected: stats.rejected,
-        bytes_received: stats.bytes_received,
-        goodput_bps: if joined_secs > 0.0 {
-            (stats.bytes_received as f64 * 8.0 / joined_secs) as u64
-        } else {
-            0
-        },
-        stalls: p.stalls,
-        stall_ms: p.stall_ms,
-        startup_ms: p.startup_ms,
-        played_ms: p.played_ms,
-        latency_ms_p50: percentile(&latencies, 0.5),
-        latency_ms_p99: percentile(&latencies, 0.99),
-        parent_changes: stats.upstream_changes,
-        chunks_skipped: skipped,
-        duplicates: stats.duplicates,
-        joined_secs,
-        max_gap_ms: max_gap.as_millis() as u64,
-    };
     match ended {
-        Ok(()) if joined_at.is_none() => bail!("never joined the stream"),
+        Ok(()) if qos.joined_at.is_none() => bail!("never joined the stream"),
         Ok(()) => Ok(summary),
         Err(e) => Err(e),
     }

@@ -67,7 +67,8 @@ enum Command {
         /// open http://HOST:PORT/).
         #[arg(long)]
         serve: Option<std::net::SocketAddr>,
-        /// Write the QoS summary JSON here at exit.
+        /// Write the QoS summary JSON here at exit (and rewrite it every
+        /// second while running, with "ended": false).
         #[arg(long)]
         summary: Option<PathBuf>,
         /// Leave after SECS seconds.
@@ -154,14 +155,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 startup: Duration::from_millis(startup_ms),
                 bind,
                 ice_servers,
+                live_summary: summary.clone(),
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             let result = runtime.block_on(receive(config, shutdown_signal()))?;
-            let json = serde_json::to_string_pretty(&result)?;
             match summary {
-                Some(path) => std::fs::write(&path, json + "\n")
+                Some(path) => miostream_receiver::write_summary(&path, &result)
                     .with_context(|| format!("cannot write {}", path.display()))?,
-                None => eprintln!("{json}"),
+                None => eprintln!("{}", serde_json::to_string_pretty(&result)?),
             }
             Ok(())
         }

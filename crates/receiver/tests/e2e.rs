@@ -136,6 +136,7 @@ async fn receivers_play_exactly_the_broadcast_stream_in_each_topology() {
                 startup: Duration::from_millis(1000),
                 bind: Some(local),
                 ice_servers: vec![],
+                live_summary: None,
             };
             handles.push((
                 out,

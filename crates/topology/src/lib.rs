@@ -32,6 +32,9 @@ use miostream_protocol::signal::{Capacity, Links};
 use miostream_protocol::{PeerId, TopologyKind};
 use serde::Serialize;
 
+pub mod failure;
+pub use failure::FailureDistribution;
+
 /// Overlay settings.
 #[derive(Debug, Clone)]
 pub struct TopologyConfig {
