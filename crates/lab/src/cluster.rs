@@ -1,0 +1,469 @@
+//! A MioStream deployment on this machine, as real processes: a supervisor
+//! in its own state directory, a broadcaster on a WebM file (looped), and
+//! receiver slots, each held by one `miostream-receiver` process at a time.
+//! A failure kills a slot's process abruptly (SIGKILL) and starts the next
+//! one as a new viewer, as in the paper's §4.2.
+//!
+//! Every child is killed when the [`Cluster`] is dropped, so an error or a
+//! Ctrl-C never leaves processes behind; [`Cluster::stop`] ends them
+//! politely first (SIGTERM), so receivers write their final summaries.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::{sleep, timeout, Instant};
+use tracing::{debug, warn};
+
+use crate::monitor::Monitor;
+use crate::qos::Summary;
+
+/// Where the MioStream binaries are.
+#[derive(Debug, Clone)]
+pub struct Bins {
+    dir: PathBuf,
+}
+
+impl Bins {
+    /// `MIOSTREAM_BIN_DIR`, else the directory of the running executable
+    /// (`target/release` when run through cargo). Checks that all three are
+    /// there.
+    pub fn locate() -> anyhow::Result<Self> {
+        let dir = match std::env::var_os("MIOSTREAM_BIN_DIR") {
+            Some(d) => PathBuf::from(d),
+            None => std::env::current_exe()
+                .context("cannot find the running executable")?
+                .parent()
+                .map(Path::to_path_buf)
+                .context("the executable has no directory")?,
+        };
+        let bins = Self { dir };
+        for name in [
+            "miostream-supervisor",
+            "miostream-broadcaster",
+            "miostream-receiver",
+        ] {
+            if !bins.path(name).is_file() {
+                bail!(
+                    "{name} not found in {} (build all binaries first: cargo build --release --bins, \
+                     or set MIOSTREAM_BIN_DIR)",
+                    bins.dir.display()
+                );
+            }
+        }
+        Ok(bins)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn command(&self, name: &str) -> Command {
+        let mut c = Command::new(self.path(name));
+        c.stdin(Stdio::null()).kill_on_drop(true);
+        c
+    }
+}
+
+/// Runs a short CLI step and fails with its stderr if it fails.
+async fn step(mut cmd: Command, what: &str) -> anyhow::Result<String> {
+    let out = timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .with_context(|| format!("{what}: timed out"))?
+        .with_context(|| format!("{what}: cannot start"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// How to deploy.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Receiver slots.
+    pub receivers: usize,
+    /// list, tree or mesh.
+    pub topology: String,
+    /// sign or hmac.
+    pub integrity: String,
+    /// The WebM the broadcaster loops.
+    pub input: PathBuf,
+    /// Fraction of chunks receivers verify.
+    pub threshold: f64,
+    /// Receivers' startup buffer (ms).
+    pub startup_ms: u64,
+    /// Receivers write what they play to `rN.webm`.
+    pub record: bool,
+    /// `RUST_LOG` for the children.
+    pub rust_log: String,
+}
+
+/// One receiver slot.
+#[derive(Debug)]
+struct Slot {
+    identity: PathBuf,
+    child: Option<Child>,
+    incarnations: u32,
+}
+
+/// A running deployment.
+pub struct Cluster {
+    bins: Bins,
+    dir: PathBuf,
+    settings: Settings,
+    /// The supervisor's URL.
+    pub url: String,
+    /// The supervisor's monitor API, when it serves one.
+    pub monitor: Option<Monitor>,
+    supervisor: Child,
+    broadcaster: Child,
+    slots: Vec<Slot>,
+}
+
+/// The stream name the lab broadcasts.
+pub const STREAM: &str = "lab";
+
+/// Creates identities that do not exist yet: `keys/b` and `keys/r0..rN`.
+/// They are kept across runs (a sweep generates them once).
+pub async fn ensure_identities(bins: &Bins, keys: &Path, receivers: usize) -> anyhow::Result<()> {
+    let mut todo = vec![("miostream-broadcaster", keys.join("b"))];
+    todo.extend((0..receivers).map(|i| ("miostream-receiver", keys.join(format!("r{i}")))));
+    for (bin, dir) in todo {
+        if dir.join("peer.key").exists() {
+            continue;
+        }
+        let mut c = bins.command(bin);
+        c.arg("keygen").arg("--out").arg(&dir);
+        step(c, &format!("{bin} keygen")).await?;
+    }
+    Ok(())
+}
+
+impl Cluster {
+    /// Starts the supervisor (a fresh state directory under `dir`), authorizes
+    /// the identities in `keys`, starts the broadcaster and waits until its
+    /// stream is listed. Receivers are started with [`Cluster::spawn`].
+    pub async fn start(
+        bins: &Bins,
+        dir: &Path,
+        keys: &Path,
+        settings: Settings,
+    ) -> anyhow::Result<Self> {
+        ensure_identities(bins, keys, settings.receivers).await?;
+        let sup = dir.join("supervisor");
+        let mut c = bins.command("miostream-supervisor");
+        c.args(["init", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(&sup);
+        step(c, "supervisor init").await?;
+        let mut authorize = vec![(keys.join("b"), "broadcaster")];
+        authorize.extend((0..settings.receivers).map(|i| (keys.join(format!("r{i}")), "receiver")));
+        for (id, role) in &authorize {
+            let mut c = bins.command("miostream-supervisor");
+            c.args(["authorize", "--role", role, "--dir"])
+                .arg(&sup)
+                .arg(id.join("peer.pub"));
+            step(c, "supervisor authorize").await?;
+        }
+
+        let mut c = bins.command("miostream-supervisor");
+        c.args(["run", "--dir"])
+            .arg(&sup)
+            .env("RUST_LOG", &settings.rust_log)
+            .stdout(Stdio::piped())
+            .stderr(log_file(&dir.join("supervisor.log"))?);
+        let mut supervisor = c.spawn().context("cannot start the supervisor")?;
+        let stdout = supervisor.stdout.take().context("supervisor stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let first = timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .context("the supervisor did not start within 20 s")??
+            .with_context(|| {
+                format!(
+                    "the supervisor exited: {}",
+                    tail(&dir.join("supervisor.log"))
+                )
+            })?;
+        let url = first
+            .strip_prefix("listening on ")
+            .with_context(|| format!("unexpected supervisor output {first:?}"))?
+            .to_owned();
+        // A second line names the monitor, if the supervisor serves one.
+        let monitor_url = match timeout(Duration::from_secs(3), lines.next_line()).await {
+            Ok(Ok(Some(line))) => line.strip_prefix("monitor on ").map(str::to_owned),
+            _ => None,
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let monitor = match monitor_url {
+            Some(u) => match Monitor::new(&u, &sup) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    warn!("monitor unusable, failures chosen by join order: {e:#}");
+                    None
+                }
+            },
+            None => None,
+        };
+
+        let mut c = bins.command("miostream-broadcaster");
+        c.arg("run")
+            .args(["--supervisor", &url, "--stream", STREAM])
+            .args(["--topology", &settings.topology])
+            .args(["--integrity", &settings.integrity])
+            .arg("--identity")
+            .arg(keys.join("b"))
+            .arg("--trust")
+            .arg(sup.join("trust"))
+            .arg("--input")
+            .arg(&settings.input)
+            .arg("--loop")
+            .env("RUST_LOG", &settings.rust_log)
+            .stdout(Stdio::null())
+            .stderr(log_file(&dir.join("broadcaster.log"))?);
+        let broadcaster = c.spawn().context("cannot start the broadcaster")?;
+        let slots = (0..settings.receivers)
+            .map(|i| Slot {
+                identity: keys.join(format!("r{i}")),
+                child: None,
+                incarnations: 0,
+            })
+            .collect();
+        let mut cluster = Self {
+            bins: bins.clone(),
+            dir: dir.to_owned(),
+            settings,
+            url,
+            monitor,
+            supervisor,
+            broadcaster,
+            slots,
+        };
+        cluster.wait_listed(keys).await?;
+        Ok(cluster)
+    }
+
+    /// Polls the stream list until the broadcaster's stream appears.
+    async fn wait_listed(&mut self, keys: &Path) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.broadcaster.try_wait() {
+                bail!(
+                    "the broadcaster exited ({status}): {}",
+                    tail(&self.dir.join("broadcaster.log"))
+                );
+            }
+            let mut c = self.bins.command("miostream-receiver");
+            c.args(["list", "--supervisor", &self.url])
+                .arg("--identity")
+                .arg(keys.join("r0"))
+                .arg("--trust")
+                .arg(self.trust());
+            if let Ok(out) = step(c, "receiver list").await {
+                if out.lines().any(|l| l.split('\t').next() == Some(STREAM)) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the broadcaster's stream was not listed within 30 s");
+            }
+            sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn trust(&self) -> PathBuf {
+        self.dir.join("supervisor").join("trust")
+    }
+
+    /// Receiver slots.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether there are no receiver slots.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The summary file of a slot's `n`-th process (from 1).
+    pub fn summary_path(&self, slot: usize, n: u32) -> PathBuf {
+        self.dir.join(format!("r{slot}.{n}.json"))
+    }
+
+    /// What a slot's current process plays (when recording).
+    pub fn output_path(&self, slot: usize) -> PathBuf {
+        self.dir.join(format!("r{slot}.webm"))
+    }
+
+    /// Processes a slot has had.
+    pub fn incarnations(&self, slot: usize) -> u32 {
+        self.slots.get(slot).map_or(0, |s| s.incarnations)
+    }
+
+    /// Starts a new receiver process in `slot` (a new viewer).
+    pub fn spawn(&mut self, slot: usize) -> anyhow::Result<()> {
+        let n = self.slots[slot].incarnations + 1;
+        let summary = self.summary_path(slot, n);
+        let log = self.dir.join(format!("r{slot}.{n}.log"));
+        let mut c = self.bins.command("miostream-receiver");
+        c.arg("run")
+            .args(["--supervisor", &self.url, "--stream", STREAM])
+            .arg("--identity")
+            .arg(&self.slots[slot].identity)
+            .arg("--trust")
+            .arg(self.trust())
+            .arg("--summary")
+            .arg(&summary)
+            .args(["--threshold", &self.settings.threshold.to_string()])
+            .args(["--startup-ms", &self.settings.startup_ms.to_string()])
+            .env("RUST_LOG", &self.settings.rust_log)
+            .stdout(Stdio::null())
+            .stderr(log_file(&log)?);
+        if self.settings.record {
+            c.arg("--out").arg(self.output_path(slot));
+        }
+        let child = c.spawn().context("cannot start a receiver")?;
+        let s = &mut self.slots[slot];
+        s.child = Some(child);
+        s.incarnations = n;
+        Ok(())
+    }
+
+    /// Kills a slot's process abruptly (SIGKILL: no goodbye to anyone).
+    pub async fn kill(&mut self, slot: usize) {
+        if let Some(mut child) = self.slots[slot].child.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Process ids of the running receivers.
+    pub fn receiver_pids(&self) -> Vec<u32> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.child.as_ref().and_then(Child::id))
+            .collect()
+    }
+
+    /// The deployment's directory (logs, summaries, outputs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The latest summary of a slot's current process, if it wrote one.
+    pub fn live(&self, slot: usize) -> Option<Summary> {
+        read_summary(&self.summary_path(slot, self.incarnations(slot)))
+    }
+
+    /// Every summary a slot's processes left, in order.
+    pub fn history(&self, slot: usize) -> Vec<Summary> {
+        (1..=self.incarnations(slot))
+            .filter_map(|n| read_summary(&self.summary_path(slot, n)))
+            .collect()
+    }
+
+    /// Slots whose process exited on its own (not killed by us): a receiver
+    /// that fails is a finding, not noise. Returns (slot, reason).
+    pub fn exited(&mut self) -> Vec<(usize, String)> {
+        let mut gone = Vec::new();
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if let Some(child) = s.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log = self.dir.join(format!("r{i}.{}.log", s.incarnations));
+                    gone.push((i, format!("{status}: {}", tail(&log))));
+                    s.child = None;
+                }
+            }
+        }
+        gone
+    }
+
+    /// Whether the broadcaster and the supervisor still run.
+    pub fn healthy(&mut self) -> anyhow::Result<()> {
+        if let Ok(Some(s)) = self.supervisor.try_wait() {
+            bail!(
+                "the supervisor exited ({s}): {}",
+                tail(&self.dir.join("supervisor.log"))
+            );
+        }
+        if let Ok(Some(s)) = self.broadcaster.try_wait() {
+            bail!(
+                "the broadcaster exited ({s}): {}",
+                tail(&self.dir.join("broadcaster.log"))
+            );
+        }
+        Ok(())
+    }
+
+    /// Ends every receiver politely (SIGTERM, so they write their final
+    /// summaries), then the broadcaster and the supervisor. Whatever has not
+    /// exited within `grace` is killed.
+    pub async fn stop(&mut self, grace: Duration) {
+        let mut receivers: Vec<Child> = self
+            .slots
+            .iter_mut()
+            .filter_map(|s| s.child.take())
+            .collect();
+        for c in &receivers {
+            terminate(c);
+        }
+        let deadline = Instant::now() + grace;
+        for c in &mut receivers {
+            finish(c, deadline).await;
+        }
+        terminate(&self.broadcaster);
+        finish(&mut self.broadcaster, Instant::now() + grace).await;
+        terminate(&self.supervisor);
+        finish(&mut self.supervisor, Instant::now() + grace).await;
+    }
+}
+
+fn terminate(child: &Child) {
+    if let Some(pid) = child.id() {
+        if let Err(e) = kill(Pid::from_raw(pid as i32), Signal::SIGTERM) {
+            debug!(pid, "SIGTERM: {e}");
+        }
+    }
+}
+
+async fn finish(child: &mut Child, deadline: Instant) {
+    if timeout(
+        deadline.saturating_duration_since(Instant::now()),
+        child.wait(),
+    )
+    .await
+    .is_err()
+    {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+}
+
+fn log_file(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))
+}
+
+/// A summary file, if it exists and parses (a live one is replaced
+/// atomically, so a reader never sees half of one).
+pub fn read_summary(path: &Path) -> Option<Summary> {
+    Summary::parse(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+/// The last lines of a log, on one line, for an error message.
+pub fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(3);
+    let t = lines[start..].join(" | ");
+    if t.is_empty() {
+        format!("(nothing in {})", path.display())
+    } else {
+        t
+    }
+}

@@ -1,0 +1,19 @@
+//! The MioStream lab: the one-command demo and the paper's churn
+//! experiments (§4), run on this machine with the real binaries — a
+//! supervisor, a broadcaster and receiver processes over real WebRTC.
+//!
+//! - [`cluster`]: the deployment (processes, identities, summaries; IO);
+//! - [`qos`]: receivers' summaries and the arithmetic over them (pure);
+//! - [`experiment`]: one run with failures injected at a rate, chosen by a
+//!   distribution over the overlay's positions; rows of `results.csv`;
+//! - [`figures`]: the paper's figures from `results.csv` (pure + SVG);
+//! - [`monitor`]: the supervisor's monitor API, for the overlay order;
+//! - [`demo`]: the README's main job.
+
+pub mod cluster;
+pub mod demo;
+pub mod experiment;
+pub mod figures;
+pub mod monitor;
+pub mod qos;
+pub mod sweep;

@@ -1,0 +1,305 @@
+//! `miostream-lab`: `demo`, `experiment` (one run or `--sweep`) and `plot`
+//! (see `--help`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use miostream_lab::cluster::Bins;
+use miostream_lab::demo::{self, Demo};
+use miostream_lab::experiment::Experiment;
+use miostream_lab::sweep;
+use miostream_topology::FailureDistribution;
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(
+    name = "miostream-lab",
+    version,
+    about = "MioStream lab: the local demo and the paper's churn experiments, with real processes over real WebRTC"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A supervisor, a broadcaster on a WebM and N receivers on this machine;
+    /// progress while it runs, a QoS table at the end.
+    Demo {
+        /// Receivers.
+        #[arg(long, default_value_t = 10)]
+        receivers: usize,
+        /// Overlay: list, tree or mesh.
+        #[arg(long, default_value = "tree", value_parser = ["list", "tree", "mesh"])]
+        topology: String,
+        /// Seconds the receivers play.
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        /// The WebM to broadcast (looped).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Chunk integrity: sign (Ed25519) or hmac (the paper's).
+        #[arg(long, default_value = "sign", value_parser = ["sign", "hmac"])]
+        integrity: String,
+        /// Keep the working directory (logs, summaries, outputs) here
+        /// instead of a temporary one that is removed.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+    /// The paper's failure experiment (§4.2): N receivers; R times a second
+    /// one chosen by the distribution over the overlay's positions is killed
+    /// and a new viewer joins. Writes OUT/results.csv (+ report, figures).
+    Experiment {
+        /// Receivers (the paper: 83).
+        #[arg(long, default_value_t = 30)]
+        receivers: usize,
+        /// Overlay: list, tree or mesh.
+        #[arg(long, default_value = "tree", value_parser = ["list", "tree", "mesh"])]
+        topology: String,
+        /// Who fails: uniform, binomial (20 trials, p = 0.8) or poisson (mean N/2).
+        #[arg(long, default_value = "uniform")]
+        distribution: FailureDistribution,
+        /// Failures per second (0 for none).
+        #[arg(long, default_value_t = 1.0)]
+        failures_per_sec: f64,
+        /// Seconds measured (the paper: 60), after every receiver plays.
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+        /// Output directory (must not hold a results.csv yet).
+        #[arg(long)]
+        out: PathBuf,
+        /// Seeds the failure choices (recorded per run).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Fraction of chunks receivers verify.
+        #[arg(long, default_value_t = 1.0)]
+        threshold: f64,
+        /// Chunk integrity: sign or hmac.
+        #[arg(long, default_value = "sign", value_parser = ["sign", "hmac"])]
+        integrity: String,
+        /// The WebM to broadcast (looped).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Receivers' startup buffer (ms).
+        #[arg(long, default_value_t = 2000)]
+        startup_ms: u64,
+        /// Run every topology x distribution x rate (and the thresholds
+        /// without failures) and draw the paper's figures.
+        #[arg(long)]
+        sweep: bool,
+        /// Sweep: failure rates.
+        #[arg(long, value_delimiter = ',', default_value = "0,1,2,3,4,5")]
+        rates: Vec<f64>,
+        /// Sweep: topologies.
+        #[arg(long, value_delimiter = ',', default_value = "list,tree,mesh")]
+        topologies: Vec<String>,
+        /// Sweep: distributions.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "uniform,binomial,poisson"
+        )]
+        distributions: Vec<FailureDistribution>,
+        /// Sweep: verification thresholds run without failures (Figs. 13-14).
+        #[arg(long, value_delimiter = ',', default_value = "0,0.25,0.5,0.75")]
+        thresholds: Vec<f64>,
+        /// Keep every run's logs and summaries under OUT/runs/.
+        #[arg(long)]
+        keep_runs: bool,
+    },
+    /// Redraws the report and figures from OUT/results.csv.
+    Plot {
+        /// The experiment's output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("miostream-lab: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            let causes: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("miostream-lab: {}", causes.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The bundled test WebM: ./assets/test.webm, else the source tree's.
+fn default_input() -> PathBuf {
+    let here = PathBuf::from("assets/test.webm");
+    if here.is_file() {
+        return here;
+    }
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../assets/test.webm"
+    ))
+}
+
+fn input_file(input: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let input = input.unwrap_or_else(default_input);
+    if !input.is_file() {
+        bail!("no such file: {}", input.display());
+    }
+    Ok(input)
+}
+
+/// A flag set on Ctrl-C or SIGTERM: runs stop early and clean up.
+fn stop_flag() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        eprintln!("== interrupted: stopping every process");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    match cli.command {
+        Command::Demo {
+            receivers,
+            topology,
+            duration,
+            input,
+            integrity,
+            keep,
+        } => {
+            if receivers == 0 {
+                bail!("--receivers must be at least 1");
+            }
+            let demo = Demo {
+                receivers,
+                topology,
+                duration: Duration::from_secs(duration),
+                input: input_file(input)?,
+                integrity,
+            };
+            let bins = Bins::locate()?;
+            let mut stop = stop_flag();
+            let tmp;
+            let work = match keep {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
+                    dir
+                }
+                None => {
+                    tmp = tempfile::Builder::new()
+                        .prefix("miostream-demo")
+                        .tempdir()?;
+                    tmp.path().to_owned()
+                }
+            };
+            let ok = demo::run(&bins, &work, &demo, &mut stop).await?;
+            if !ok {
+                eprintln!(
+                    "some receivers did not play cleanly (run with --keep DIR to read their logs)"
+                );
+            }
+            Ok(ok)
+        }
+        Command::Experiment {
+            receivers,
+            topology,
+            distribution,
+            failures_per_sec,
+            duration,
+            out,
+            seed,
+            threshold,
+            integrity,
+            input,
+            startup_ms,
+            sweep: is_sweep,
+            rates,
+            topologies,
+            distributions,
+            thresholds,
+            keep_runs,
+        } => {
+            if receivers == 0 {
+                bail!("--receivers must be at least 1");
+            }
+            if !(0.0..=1000.0).contains(&failures_per_sec)
+                || rates.iter().any(|r| !(0.0..=1000.0).contains(r))
+            {
+                bail!("failure rates must be between 0 and 1000 per second");
+            }
+            if !(0.0..=1.0).contains(&threshold)
+                || thresholds.iter().any(|t| !(0.0..=1.0).contains(t))
+            {
+                bail!("thresholds must be between 0 and 1");
+            }
+            for t in &topologies {
+                if !["list", "tree", "mesh"].contains(&t.as_str()) {
+                    bail!("unknown topology {t:?} (expected list, tree or mesh)");
+                }
+            }
+            let base = Experiment {
+                receivers,
+                topology,
+                distribution,
+                rate: failures_per_sec,
+                duration: Duration::from_secs(duration),
+                seed,
+                threshold,
+                integrity,
+                input: input_file(input)?,
+                startup_ms,
+            };
+            let runs = if is_sweep {
+                sweep::plan(&base, &topologies, &distributions, &rates, &thresholds)
+            } else {
+                vec![base]
+            };
+            let bins = Bins::locate()?;
+            let mut stop = stop_flag();
+            let figures = sweep::run(&bins, &out, &runs, keep_runs, &mut stop).await?;
+            eprintln!(
+                "wrote {}/results.csv, failures.csv, report.txt{}",
+                out.display(),
+                if figures.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and {} figures", figures.len())
+                }
+            );
+            Ok(true)
+        }
+        Command::Plot { out } => {
+            let figures = sweep::report(&out)?;
+            for f in figures {
+                eprintln!("wrote {}", f.display());
+            }
+            Ok(true)
+        }
+    }
+}
