@@ -7,7 +7,10 @@
 //! supervisor can send each its new link set. Links are a pure function of
 //! the peers' positions, which makes repair cheap and bounded: a departure
 //! moves at most one peer (tree, mesh) or none (list), and only the peers
-//! around the changed positions are reconfigured.
+//! around the changed positions are reconfigured. A change computes the
+//! links of just those peers, before and after, so it costs O(1) (tree,
+//! mesh; plus the max-heap rise of a fast joiner) or O(log N) (list: where
+//! a joiner goes), whatever the overlay's size.
 //!
 //! - **List**: ordered by capacity (faster first, slow peers at the tail);
 //!   each node feeds the next and keeps backup links to the `list_backups`
@@ -26,7 +29,8 @@
 //! No IO, no clock, no randomness.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hasher};
 
 use miostream_protocol::signal::{Capacity, Links};
 use miostream_protocol::{PeerId, TopologyKind};
@@ -108,27 +112,115 @@ pub struct Snapshot {
 /// Position keys of the list: capacity first (descending), then arrival.
 type ListKey = (Reverse<u64>, u64);
 
+/// No list node (the end of the list).
+const NIL: usize = usize::MAX;
+
+/// One receiver of the list, in a slab, linked to its neighbours in list
+/// order so a node's links are a walk of a few steps.
+#[derive(Debug, Clone, Copy)]
+struct ListNode {
+    peer: PeerId,
+    key: ListKey,
+    prev: usize,
+    next: usize,
+}
+
+/// Builds [`PeerHasher`]s with a per-overlay secret seed (drawn like std's
+/// `RandomState`, so peers cannot plan collisions). Nothing iterates a
+/// hashed map, so the overlay's behaviour stays deterministic.
+#[derive(Debug, Clone, Copy)]
+struct PeerHash {
+    seed: u64,
+}
+
+impl PeerHash {
+    fn new() -> Self {
+        Self {
+            seed: std::hash::RandomState::new().hash_one(0x6d69_6f73_7472_6561_u64),
+        }
+    }
+}
+
+impl BuildHasher for PeerHash {
+    type Hasher = PeerHasher;
+
+    fn build_hasher(&self) -> PeerHasher {
+        PeerHasher(self.seed)
+    }
+}
+
+/// A peer id is 16 bytes: one folded 64×64→128-bit multiply per 16 bytes
+/// instead of SipHash.
+struct PeerHasher(u64);
+
+impl Hasher for PeerHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(16) {
+            let mut buf = [0u8; 16];
+            buf[..chunk.len()].copy_from_slice(chunk);
+            let w = u128::from_le_bytes(buf);
+            let (a, b) = (w as u64, (w >> 64) as u64);
+            let m = u128::from(self.0 ^ a ^ 0x243f_6a88_85a3_08d3)
+                * u128::from(b ^ 0x1319_8a2e_0370_7344 ^ chunk.len() as u64);
+            self.0 = (m as u64) ^ ((m >> 64) as u64);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Reused buffers of a change: the positions (or list nodes) around it and
+/// the links there before it, so a join or leave allocates nothing but its
+/// [`Changes`].
+#[derive(Debug, Default)]
+struct Scratch {
+    /// Positions (tree, mesh) or list nodes whose links the change can alter.
+    around: Vec<usize>,
+    /// Peer, where it was, its links before the change; the first `used`
+    /// entries are current.
+    before: Vec<(PeerId, usize, Links)>,
+    used: usize,
+    /// Links after the change.
+    now: Links,
+}
+
 /// One stream's overlay.
 #[derive(Debug)]
 pub struct Topology {
     kind: TopologyKind,
     root: PeerId,
     config: TopologyConfig,
+    /// Peer → its position (tree, mesh) or list node.
+    index: HashMap<PeerId, usize, PeerHash>,
     /// Tree and mesh: position → peer (dense).
     slots: Vec<PeerId>,
-    /// Tree and mesh: peer → position.
-    slot_of: HashMap<PeerId, usize>,
-    /// List: order.
-    list: BTreeMap<ListKey, PeerId>,
-    /// List: peer → key.
-    key_of: HashMap<PeerId, ListKey>,
-    capacity: HashMap<PeerId, u64>,
+    /// Tree and mesh: position → capacity score.
+    scores: Vec<u64>,
+    /// List: the nodes (a slab; freed ones are in `free`).
+    nodes: Vec<ListNode>,
+    free: Vec<usize>,
+    /// List: first and last node.
+    head: usize,
+    tail: usize,
+    /// List: order (finds where a joiner goes).
+    order: BTreeMap<ListKey, usize>,
     arrivals: u64,
+    scratch: Scratch,
 }
 
 /// A peer's capacity as one comparable number (upload first, then low RTT).
 fn score(c: Capacity) -> u64 {
     (u64::from(c.upload_kbps) << 32) | u64::from(u32::MAX - c.rtt_ms)
+}
+
+fn clear(l: &mut Links) {
+    l.parents.clear();
+    l.children.clear();
+    l.backup_parents.clear();
+    l.backup_children.clear();
+    l.neighbours.clear();
 }
 
 impl Topology {
@@ -141,12 +233,16 @@ impl Topology {
             kind,
             root,
             config,
+            index: HashMap::with_hasher(PeerHash::new()),
             slots: Vec::new(),
-            slot_of: HashMap::new(),
-            list: BTreeMap::new(),
-            key_of: HashMap::new(),
-            capacity: HashMap::new(),
+            scores: Vec::new(),
+            nodes: Vec::new(),
+            free: Vec::new(),
+            head: NIL,
+            tail: NIL,
+            order: BTreeMap::new(),
             arrivals: 0,
+            scratch: Scratch::default(),
         }
     }
 
@@ -162,17 +258,17 @@ impl Topology {
 
     /// Receivers placed.
     pub fn len(&self) -> usize {
-        self.capacity.len()
+        self.index.len()
     }
 
     /// Whether no receiver is placed.
     pub fn is_empty(&self) -> bool {
-        self.capacity.is_empty()
+        self.index.is_empty()
     }
 
     /// Whether `peer` is placed (the root counts).
     pub fn contains(&self, peer: PeerId) -> bool {
-        peer == self.root || self.capacity.contains_key(&peer)
+        peer == self.root || self.index.contains_key(&peer)
     }
 
     /// A receiver joins.
@@ -181,66 +277,86 @@ impl Topology {
             return Err(TopologyError::Duplicate(peer));
         }
         let score = score(capacity);
-        let seeds: Vec<PeerId> = match self.kind {
-            TopologyKind::List => {
-                let key = (Reverse(score), self.arrivals + 1);
-                let k = self.config.list_backups + 1;
-                let mut around = self.list_before(&key, k);
-                around.extend(self.list.range(key..).take(k).map(|(_, p)| *p));
-                around
-            }
-            TopologyKind::Tree => {
-                // The new slot's parent; a swap upwards adds its own region below.
-                self.tree_parent(self.slots.len())
-                    .map(|q| self.slots[q])
-                    .into_iter()
-                    .collect()
-            }
-            TopologyKind::Mesh => {
-                let p = self.slots.len();
-                self.slots.push(peer);
-                let around = self
-                    .mesh_neighbours(p)
-                    .filter(|q| *q != p)
-                    .map(|q| self.slots[q])
-                    .collect();
-                self.slots.pop();
-                around
-            }
-        };
-        let mut before = self.before(&seeds);
-        self.capacity.insert(peer, score);
-        let mut moved = vec![peer];
+        let mut around = std::mem::take(&mut self.scratch.around);
+        around.clear();
         match self.kind {
             TopologyKind::List => {
                 self.arrivals += 1;
                 let key = (Reverse(score), self.arrivals);
-                self.list.insert(key, peer);
-                self.key_of.insert(peer, key);
+                let prev = self.order.range(..key).next_back().map_or(NIL, |(_, i)| *i);
+                let next = if prev == NIL {
+                    self.head
+                } else {
+                    self.nodes[prev].next
+                };
+                // The nodes whose windows of k + 1 either way span the gap.
+                self.list_around(prev, next, &mut around);
+                self.scratch.around = around;
+                self.record_before();
+                let node = ListNode {
+                    peer,
+                    key,
+                    prev,
+                    next,
+                };
+                let i = match self.free.pop() {
+                    Some(i) => {
+                        self.nodes[i] = node;
+                        i
+                    }
+                    None => {
+                        self.nodes.push(node);
+                        self.nodes.len() - 1
+                    }
+                };
+                match prev {
+                    NIL => self.head = i,
+                    p => self.nodes[p].next = i,
+                }
+                match next {
+                    NIL => self.tail = i,
+                    n => self.nodes[n].prev = i,
+                }
+                self.order.insert(key, i);
+                self.index.insert(peer, i);
             }
             TopologyKind::Tree | TopologyKind::Mesh => {
-                let mut p = self.slots.len();
-                self.slots.push(peer);
-                self.slot_of.insert(peer, p);
+                let n = self.slots.len();
+                // Positions that change hands: the new slot and, in the
+                // tree, the parents a faster joiner swaps with (max-heap).
+                around.push(n);
                 if self.kind == TopologyKind::Tree {
-                    // Max-heap: a faster joiner rises above slower parents.
-                    while let Some(parent) = self.tree_parent(p) {
-                        let q = self.slots[parent];
-                        if self.capacity[&q] >= score {
+                    let mut p = n;
+                    while let Some(q) = self.tree_parent(p) {
+                        if self.scores[q] >= score {
                             break;
                         }
-                        // Links around the swapped parent, as they are now.
-                        for (peer, links) in self.before(&[q]) {
-                            before.entry(peer).or_insert(links);
+                        around.push(q);
+                        p = q;
+                    }
+                }
+                // ... and every position linked to those, once n + 1 are placed.
+                for i in 0..around.len() {
+                    self.adjacent(around[i], n + 1, &mut around);
+                }
+                self.scratch.around = around;
+                self.record_before();
+                let mut p = n;
+                self.slots.push(peer);
+                self.scores.push(score);
+                self.index.insert(peer, p);
+                if self.kind == TopologyKind::Tree {
+                    while let Some(q) = self.tree_parent(p) {
+                        if self.scores[q] >= score {
+                            break;
                         }
-                        self.swap(p, parent);
-                        moved.push(q);
-                        p = parent;
+                        self.swap(p, q);
+                        p = q;
                     }
                 }
             }
         }
-        Ok(self.diff(before, &moved))
+        Ok(self.changes(None, Some(peer)))
     }
 
     /// A receiver leaves politely.
@@ -255,78 +371,170 @@ impl Topology {
     }
 
     fn remove(&mut self, peer: PeerId) -> Result<Changes, TopologyError> {
-        if !self.capacity.contains_key(&peer) {
+        let Some(&at) = self.index.get(&peer) else {
             return Err(TopologyError::Unknown(peer));
-        }
-        let mover = match self.kind {
-            TopologyKind::List => None,
-            _ => self.slots.last().copied().filter(|m| *m != peer),
         };
-        let seeds: Vec<PeerId> = std::iter::once(peer).chain(mover).collect();
-        let before = self.before(&seeds);
+        let mut around = std::mem::take(&mut self.scratch.around);
+        around.clear();
         match self.kind {
             TopologyKind::List => {
-                if let Some(key) = self.key_of.remove(&peer) {
-                    self.list.remove(&key);
+                let ListNode {
+                    key, prev, next, ..
+                } = self.nodes[at];
+                around.push(at);
+                self.list_around(prev, next, &mut around);
+                self.scratch.around = around;
+                self.record_before();
+                match prev {
+                    NIL => self.head = next,
+                    p => self.nodes[p].next = next,
                 }
+                match next {
+                    NIL => self.tail = prev,
+                    n => self.nodes[n].prev = prev,
+                }
+                self.order.remove(&key);
+                self.free.push(at);
             }
             TopologyKind::Tree | TopologyKind::Mesh => {
-                let p = self.slot_of[&peer];
-                let last = self.slots.len() - 1;
-                if p != last {
-                    // The last node fills the hole: one peer moves.
-                    self.swap(p, last);
+                // The last node fills the hole: one peer moves.
+                let n = self.slots.len();
+                let last = n - 1;
+                around.extend([at, last]);
+                self.adjacent(at, n, &mut around);
+                self.adjacent(last, n, &mut around);
+                self.scratch.around = around;
+                self.record_before();
+                if at != last {
+                    self.swap(at, last);
                 }
                 self.slots.pop();
-                self.slot_of.remove(&peer);
+                self.scores.pop();
             }
         }
-        self.capacity.remove(&peer);
-        Ok(self.diff(before, &mover.into_iter().collect::<Vec<_>>()))
+        self.index.remove(&peer);
+        Ok(self.changes(Some(peer), None))
     }
 
     fn swap(&mut self, a: usize, b: usize) {
         self.slots.swap(a, b);
-        self.slot_of.insert(self.slots[a], a);
-        self.slot_of.insert(self.slots[b], b);
+        self.scores.swap(a, b);
+        self.index.insert(self.slots[a], a);
+        self.index.insert(self.slots[b], b);
     }
 
-    /// Peers within two hops of `seeds` (and the root): every peer whose
-    /// links a change at the seeds can alter, with its links now.
-    fn before(&self, seeds: &[PeerId]) -> HashMap<PeerId, Links> {
-        let mut region: BTreeSet<PeerId> = seeds.iter().copied().chain([self.root]).collect();
-        for _ in 0..2 {
-            let next: Vec<PeerId> = region
-                .iter()
-                .filter_map(|p| self.links(*p))
-                .flat_map(|l| l.all_peers().collect::<Vec<_>>())
-                .collect();
-            region.extend(next);
-        }
-        region
-            .into_iter()
-            .filter_map(|p| self.links(p).map(|l| (p, l)))
-            .collect()
-    }
-
-    /// The peers whose links differ from `before`, looking also at the
-    /// neighbourhood of the peers that moved or arrived.
-    fn diff(&self, before: HashMap<PeerId, Links>, moved: &[PeerId]) -> Changes {
-        let mut candidates: BTreeSet<PeerId> = before.keys().copied().collect();
-        for p in moved {
-            candidates.insert(*p);
-            if let Some(l) = self.links(*p) {
-                candidates.extend(l.all_peers());
+    /// Before a change: the links of the root and of the receivers at
+    /// `scratch.around` (every position or node whose links it can alter).
+    fn record_before(&mut self) {
+        let mut s = std::mem::take(&mut self.scratch);
+        s.around.sort_unstable();
+        s.around.dedup();
+        s.used = 0;
+        self.record(&mut s, self.root, NIL);
+        let placed = match self.kind {
+            TopologyKind::List => self.nodes.len(),
+            _ => self.slots.len(),
+        };
+        for i in 0..s.around.len() {
+            let at = s.around[i];
+            // Past `placed`: a slot that only the change creates.
+            if at < placed {
+                self.record(&mut s, self.peer_at(at), at);
             }
         }
-        let affected = candidates
-            .into_iter()
-            .filter(|p| match self.links(*p) {
-                Some(now) => before.get(p) != Some(&now),
-                None => false,
-            })
-            .collect();
+        self.scratch = s;
+    }
+
+    /// Keeps the links of `peer`, at `at` ([`NIL`]: the root), in the next
+    /// reused entry of `s.before`.
+    fn record(&self, s: &mut Scratch, peer: PeerId, at: usize) {
+        if s.used == s.before.len() {
+            s.before.push((peer, at, Links::default()));
+        }
+        let entry = &mut s.before[s.used];
+        s.used += 1;
+        entry.0 = peer;
+        entry.1 = at;
+        if at == NIL {
+            self.root_links_into(&mut entry.2);
+        } else {
+            self.links_at(at, &mut entry.2);
+        }
+    }
+
+    /// After a change: every recorded peer (but the one `gone`) whose links
+    /// differ now, and the one `joined`; in id order.
+    fn changes(&mut self, gone: Option<PeerId>, joined: Option<PeerId>) -> Changes {
+        let mut s = std::mem::take(&mut self.scratch);
+        let mut affected: Vec<PeerId> = Vec::with_capacity(s.used + 1);
+        for (peer, at, was) in &s.before[..s.used] {
+            if Some(*peer) == gone {
+                continue;
+            }
+            if *at == NIL {
+                self.root_links_into(&mut s.now);
+            } else {
+                // Where it is now: where it was, unless it moved.
+                let now = if self.peer_at_checked(*at) == Some(*peer) {
+                    *at
+                } else {
+                    self.index[peer]
+                };
+                self.links_at(now, &mut s.now);
+            }
+            if s.now != *was {
+                affected.push(*peer);
+            }
+        }
+        affected.extend(joined);
+        affected.sort_unstable();
+        self.scratch = s;
         Changes { affected }
+    }
+
+    /// The receiver at a position (tree, mesh) or list node.
+    fn peer_at(&self, at: usize) -> PeerId {
+        match self.kind {
+            TopologyKind::List => self.nodes[at].peer,
+            _ => self.slots[at],
+        }
+    }
+
+    fn peer_at_checked(&self, at: usize) -> Option<PeerId> {
+        match self.kind {
+            TopologyKind::List => self.nodes.get(at).map(|n| n.peer),
+            _ => self.slots.get(at).copied(),
+        }
+    }
+
+    /// Positions linked to `p` when `n` receivers are placed (tree, mesh;
+    /// the root aside).
+    fn adjacent(&self, p: usize, n: usize, out: &mut Vec<usize>) {
+        match self.kind {
+            TopologyKind::List => {}
+            TopologyKind::Tree => {
+                out.extend(self.tree_parent(p));
+                out.extend(self.tree_backup(p, n));
+                out.extend(self.tree_children(p, n));
+                self.tree_backup_children(p, n, |c| out.push(c));
+            }
+            TopologyKind::Mesh => out.extend(self.mesh_neighbours(p, n)),
+        }
+    }
+
+    /// List: the k + 1 nodes from `prev` backwards and from `next` forwards
+    /// (either may be [`NIL`]): those whose links see the gap between them.
+    fn list_around(&self, mut prev: usize, mut next: usize, out: &mut Vec<usize>) {
+        for _ in 0..=self.config.list_backups {
+            if prev != NIL {
+                out.push(prev);
+                prev = self.nodes[prev].prev;
+            }
+            if next != NIL {
+                out.push(next);
+                next = self.nodes[next].next;
+            }
+        }
     }
 
     // ----- tree geometry -------------------------------------------------
@@ -337,14 +545,15 @@ impl Topology {
         (p >= k).then(|| (p - k) / k)
     }
 
-    fn tree_children(&self, p: usize) -> impl Iterator<Item = usize> + '_ {
+    /// Children positions when `n` receivers are placed.
+    fn tree_children(&self, p: usize, n: usize) -> impl Iterator<Item = usize> {
         let k = self.config.tree_fanout;
         let first = k * p + k;
-        (first..first + k).filter(move |c| *c < self.slots.len())
+        (first..first + k).filter(move |c| *c < n)
     }
 
     /// The backup parent: the parent's next sibling (another branch).
-    fn tree_backup(&self, p: usize) -> Option<usize> {
+    fn tree_backup(&self, p: usize, n: usize) -> Option<usize> {
         let k = self.config.tree_fanout;
         let q = self.tree_parent(p)?;
         if k == 1 {
@@ -356,7 +565,35 @@ impl Topology {
             Some(g) => k * g + k,
         };
         let uncle = first_sibling + (q - first_sibling + 1) % k;
-        (uncle < self.slots.len()).then_some(uncle)
+        (uncle < n).then_some(uncle)
+    }
+
+    /// Nodes whose backup parent is position `p`: the children of p's
+    /// siblings whose backup is p.
+    fn tree_backup_children(&self, p: usize, n: usize, mut f: impl FnMut(usize)) {
+        let k = self.config.tree_fanout;
+        if k == 1 {
+            // chain: grandchildren
+            for c in self.tree_children(p, n) {
+                for g in self.tree_children(c, n) {
+                    if self.tree_backup(g, n) == Some(p) {
+                        f(g);
+                    }
+                }
+            }
+            return;
+        }
+        let first_sibling = match self.tree_parent(p) {
+            None => 0,
+            Some(g) => k * g + k,
+        };
+        for s in (first_sibling..first_sibling + k).filter(|s| *s != p && *s < n) {
+            for c in self.tree_children(s, n) {
+                if self.tree_backup(c, n) == Some(p) {
+                    f(c);
+                }
+            }
+        }
     }
 
     fn tree_depth(&self, mut p: usize) -> u32 {
@@ -370,10 +607,11 @@ impl Topology {
 
     // ----- mesh geometry -------------------------------------------------
 
-    fn mesh_neighbours(&self, p: usize) -> impl Iterator<Item = usize> + '_ {
+    /// Neighbour positions when `n` receivers are placed.
+    fn mesh_neighbours(&self, p: usize, n: usize) -> impl Iterator<Item = usize> {
         let w = self.config.mesh_width as i64;
         let (r, c) = ((p as i64) / w, (p as i64) % w);
-        let n = self.slots.len() as i64;
+        let n = n as i64;
         [
             (-1i64, -1i64),
             (-1, 0),
@@ -406,135 +644,104 @@ impl Topology {
         to_entry as u32 + 1
     }
 
-    // ----- list geometry -------------------------------------------------
-
-    fn list_before(&self, key: &ListKey, n: usize) -> Vec<PeerId> {
-        self.list
-            .range(..key)
-            .rev()
-            .take(n)
-            .map(|(_, p)| *p)
-            .collect()
-    }
-
-    fn list_after(&self, key: &ListKey, n: usize) -> Vec<PeerId> {
-        use std::ops::Bound::{Excluded, Unbounded};
-        self.list
-            .range((Excluded(key), Unbounded))
-            .take(n)
-            .map(|(_, p)| *p)
-            .collect()
-    }
-
-    // ----- queries -------------------------------------------------------
+    // ----- links ---------------------------------------------------------
 
     /// The full link set of a peer (the root included).
     pub fn links(&self, peer: PeerId) -> Option<Links> {
-        if peer == self.root {
-            return Some(self.root_links());
-        }
-        if !self.capacity.contains_key(&peer) {
-            return None;
-        }
         let mut l = Links::default();
-        match self.kind {
-            TopologyKind::List => {
-                let key = self.key_of[&peer];
-                let k = self.config.list_backups;
-                let before = self.list_before(&key, k + 1);
-                l.parents = vec![before.first().copied().unwrap_or(self.root)];
-                // Backups: further up the list, then the root itself.
-                for j in 1..=k {
-                    match before.get(j) {
-                        Some(p) => l.backup_parents.push(*p),
-                        None => {
-                            if l.parents[0] != self.root {
-                                l.backup_parents.push(self.root);
-                            }
-                            break;
-                        }
-                    }
-                }
-                let after = self.list_after(&key, k + 1);
-                l.children = after.first().copied().into_iter().collect();
-                l.backup_children = after.iter().skip(1).copied().collect();
-            }
-            TopologyKind::Tree => {
-                let p = self.slot_of[&peer];
-                l.parents = vec![self.tree_parent(p).map_or(self.root, |q| self.slots[q])];
-                if let Some(b) = self.tree_backup(p) {
-                    l.backup_parents.push(self.slots[b]);
-                }
-                l.children = self.tree_children(p).map(|c| self.slots[c]).collect();
-                l.backup_children = self.tree_backup_children(p);
-            }
-            TopologyKind::Mesh => {
-                let p = self.slot_of[&peer];
-                if self.mesh_is_entry(p) {
-                    l.parents = vec![self.root];
-                }
-                l.neighbours = self.mesh_neighbours(p).map(|q| self.slots[q]).collect();
-            }
+        if peer == self.root {
+            self.root_links_into(&mut l);
+        } else {
+            self.links_at(*self.index.get(&peer)?, &mut l);
         }
         Some(l)
     }
 
-    /// Nodes whose backup parent is position `p`: the children of p's
-    /// siblings whose backup is p.
-    fn tree_backup_children(&self, p: usize) -> Vec<PeerId> {
-        let k = self.config.tree_fanout;
-        let mut out = Vec::new();
-        let first_sibling = match self.tree_parent(p) {
-            None => 0,
-            Some(g) => k * g + k,
-        };
-        let candidates: Vec<usize> = if k == 1 {
-            // chain: grandchildren
-            self.tree_children(p)
-                .flat_map(|c| self.tree_children(c).collect::<Vec<_>>())
-                .collect()
-        } else {
-            (first_sibling..first_sibling + k)
-                .filter(|s| *s != p && *s < self.slots.len())
-                .flat_map(|s| self.tree_children(s).collect::<Vec<_>>())
-                .collect()
-        };
-        for c in candidates {
-            if self.tree_backup(c) == Some(p) {
-                out.push(self.slots[c]);
-            }
-        }
-        out
-    }
-
-    fn root_links(&self) -> Links {
-        let mut l = Links::default();
+    /// The links of the receiver at position (tree, mesh) or list node `at`.
+    fn links_at(&self, at: usize, l: &mut Links) {
+        clear(l);
+        let n = self.slots.len();
         match self.kind {
             TopologyKind::List => {
-                let mut it = self.list.values();
-                l.children = it.next().copied().into_iter().collect();
-                // The root backs up the first nodes of the list.
-                l.backup_children = self
-                    .list
-                    .values()
-                    .skip(1)
-                    .take(self.config.list_backups)
-                    .copied()
-                    .collect();
+                let k = self.config.list_backups;
+                let node = &self.nodes[at];
+                let mut q = node.prev;
+                if q == NIL {
+                    l.parents.push(self.root);
+                } else {
+                    l.parents.push(self.nodes[q].peer);
+                    // Backups: further up the list, then the root itself.
+                    for _ in 0..k {
+                        q = self.nodes[q].prev;
+                        if q == NIL {
+                            l.backup_parents.push(self.root);
+                            break;
+                        }
+                        l.backup_parents.push(self.nodes[q].peer);
+                    }
+                }
+                let mut q = node.next;
+                if q != NIL {
+                    l.children.push(self.nodes[q].peer);
+                    for _ in 0..k {
+                        q = self.nodes[q].next;
+                        if q == NIL {
+                            break;
+                        }
+                        l.backup_children.push(self.nodes[q].peer);
+                    }
+                }
             }
             TopologyKind::Tree => {
-                l.children = (0..self.config.tree_fanout.min(self.slots.len()))
-                    .map(|p| self.slots[p])
-                    .collect();
+                l.parents
+                    .push(self.tree_parent(at).map_or(self.root, |q| self.slots[q]));
+                if let Some(b) = self.tree_backup(at, n) {
+                    l.backup_parents.push(self.slots[b]);
+                }
+                l.children
+                    .extend(self.tree_children(at, n).map(|c| self.slots[c]));
+                let backup_children = &mut l.backup_children;
+                self.tree_backup_children(at, n, |c| backup_children.push(self.slots[c]));
             }
             TopologyKind::Mesh => {
-                l.children = (0..self.config.mesh_entries.min(self.slots.len()))
-                    .map(|p| self.slots[p])
-                    .collect();
+                if self.mesh_is_entry(at) {
+                    l.parents.push(self.root);
+                }
+                l.neighbours
+                    .extend(self.mesh_neighbours(at, n).map(|q| self.slots[q]));
             }
         }
-        l
     }
+
+    fn root_links_into(&self, l: &mut Links) {
+        clear(l);
+        match self.kind {
+            TopologyKind::List => {
+                if self.head != NIL {
+                    l.children.push(self.nodes[self.head].peer);
+                    // The root backs up the first nodes of the list.
+                    let mut q = self.nodes[self.head].next;
+                    for _ in 0..self.config.list_backups {
+                        if q == NIL {
+                            break;
+                        }
+                        l.backup_children.push(self.nodes[q].peer);
+                        q = self.nodes[q].next;
+                    }
+                }
+            }
+            TopologyKind::Tree => {
+                let k = self.config.tree_fanout.min(self.slots.len());
+                l.children.extend_from_slice(&self.slots[..k]);
+            }
+            TopologyKind::Mesh => {
+                let e = self.config.mesh_entries.min(self.slots.len());
+                l.children.extend_from_slice(&self.slots[..e]);
+            }
+        }
+    }
+
+    // ----- queries -------------------------------------------------------
 
     /// Whether `a` and `b` share any edge (so they may exchange signaling).
     pub fn is_linked(&self, a: PeerId, b: PeerId) -> bool {
@@ -546,20 +753,26 @@ impl Topology {
         if peer == self.root {
             return Some(0);
         }
-        match self.kind {
-            TopologyKind::List => {
-                let key = self.key_of.get(&peer)?;
-                Some(self.list.range(..key).count() as u32 + 1)
-            }
-            TopologyKind::Tree => Some(self.tree_depth(*self.slot_of.get(&peer)?)),
-            TopologyKind::Mesh => Some(self.mesh_depth(*self.slot_of.get(&peer)?)),
-        }
+        let at = *self.index.get(&peer)?;
+        Some(match self.kind {
+            TopologyKind::List => self.order.range(..self.nodes[at].key).count() as u32 + 1,
+            TopologyKind::Tree => self.tree_depth(at),
+            TopologyKind::Mesh => self.mesh_depth(at),
+        })
     }
 
     /// Every receiver, in overlay order.
     pub fn peers(&self) -> Vec<PeerId> {
         match self.kind {
-            TopologyKind::List => self.list.values().copied().collect(),
+            TopologyKind::List => {
+                let mut out = Vec::with_capacity(self.index.len());
+                let mut q = self.head;
+                while q != NIL {
+                    out.push(self.nodes[q].peer);
+                    q = self.nodes[q].next;
+                }
+                out
+            }
             _ => self.slots.clone(),
         }
     }
