@@ -11,9 +11,13 @@
 //! S: AUTHENTICATION_CHALLENGE_REQUEST P: AUTHENTICATION_CHALLENGE_RESPONSE
 //! S: AUTHENTICATED
 //! then any of ANNOUNCE_STREAM, LIST_STREAMS, JOIN_STREAM, LEAVE_STREAM,
-//! SIGNAL, REPORT_BAD_CHUNK from the peer, and RECONFIGURE, SIGNAL,
-//! STREAM_ENDED, ERROR from the supervisor.
+//! SIGNAL, REPORT_BAD_CHUNK, QOS_REPORT from the peer, and RECONFIGURE,
+//! SIGNAL, STREAM_ENDED, INJECT_FAILURE, ERROR from the supervisor.
 //! ```
+//!
+//! `QOS_REPORT` and `INJECT_FAILURE` serve the monitor (paper §3.1): a
+//! receiver reports its QoS about once a second, and the monitor's failure
+//! injector tells a receiver to fail (crash and rejoin as a new viewer).
 
 use serde::{Deserialize, Serialize};
 
@@ -249,6 +253,10 @@ pub enum SupervisorMessage {
         /// Payload.
         payload: SignalPayload,
     },
+    /// The monitor's failure injection (paper §4.2): fail now, as a crash
+    /// would (drop every link and the supervisor connection without a
+    /// goodbye), then join again as a new viewer with a fresh peer id.
+    InjectFailure {},
     /// The stream ended (its broadcaster left).
     StreamEnded {
         /// Stream.
@@ -267,8 +275,9 @@ pub enum SupervisorMessage {
     },
 }
 
-/// A message sent by a peer to the supervisor.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A message sent by a peer to the supervisor. (`PartialEq` only: a QoS
+/// report carries a float.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum PeerMessage {
@@ -336,6 +345,48 @@ pub enum PeerMessage {
         /// Why it failed.
         reason: String,
     },
+    /// A receiver's QoS so far (sent about once a second), shown by the
+    /// monitor. The supervisor keeps the latest one per peer.
+    QosReport {
+        /// Playback stalls.
+        stalls: u64,
+        /// Time stalled (ms).
+        stall_ms: u64,
+        /// Media buffered ahead of the play head (ms).
+        buffer_ms: u64,
+        /// Media bits per second since joining.
+        goodput_bps: u64,
+        /// Chunks received.
+        chunks_received: u64,
+        /// Chunks that failed verification.
+        chunks_rejected: u64,
+        /// Broadcaster → this receiver, median (ms): finite, 0..=1e9, kept
+        /// to the microsecond (so a report survives a JSON round trip exactly).
+        #[serde(deserialize_with = "millis")]
+        latency_ms_p50: f64,
+        /// Upstream changes after the first.
+        parent_changes: u64,
+    },
+}
+
+/// Largest latency a QoS report may carry (ms): about 11 days.
+pub const MAX_REPORTED_MS: f64 = 1e9;
+
+/// Rounds a millisecond figure to the microsecond (what a QoS report keeps).
+pub fn round_millis(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}
+
+/// A millisecond figure: finite, in `0..=MAX_REPORTED_MS`, rounded to the
+/// microsecond.
+fn millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if !v.is_finite() || !(0.0..=MAX_REPORTED_MS).contains(&v) {
+        return Err(serde::de::Error::custom(format!(
+            "latency {v} ms is outside 0..={MAX_REPORTED_MS}"
+        )));
+    }
+    Ok(round_millis(v))
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, SignalError> {
@@ -381,6 +432,7 @@ impl SupervisorMessage {
             Self::Reconfigure { .. } => "RECONFIGURE",
             Self::Signal { .. } => "SIGNAL",
             Self::StreamEnded { .. } => "STREAM_ENDED",
+            Self::InjectFailure {} => "INJECT_FAILURE",
             Self::Error { .. } => "ERROR",
         }
     }
@@ -407,6 +459,7 @@ impl PeerMessage {
             Self::LeaveStream { .. } => "LEAVE_STREAM",
             Self::Signal { .. } => "SIGNAL",
             Self::ReportBadChunk { .. } => "REPORT_BAD_CHUNK",
+            Self::QosReport { .. } => "QOS_REPORT",
         }
     }
 }
@@ -468,6 +521,80 @@ mod tests {
             r#"{"type":"ANNOUNCE_STREAM","name":"a","topology":"tree","integrity":"hmac","media_type":"video/webm","signing_key":null}"#,
         )
         .unwrap();
+    }
+
+    fn qos(latency: f64) -> PeerMessage {
+        PeerMessage::QosReport {
+            stalls: 1,
+            stall_ms: 250,
+            buffer_ms: 1800,
+            goodput_bps: 1_200_000,
+            chunks_received: 10,
+            chunks_rejected: 0,
+            latency_ms_p50: latency,
+            parent_changes: 2,
+        }
+    }
+
+    #[test]
+    fn qos_report_and_inject_failure_on_the_wire() {
+        let m = qos(20.5);
+        assert_eq!(
+            m.to_json(),
+            r#"{"type":"QOS_REPORT","stalls":1,"stall_ms":250,"buffer_ms":1800,"goodput_bps":1200000,"chunks_received":10,"chunks_rejected":0,"latency_ms_p50":20.5,"parent_changes":2}"#
+        );
+        assert_eq!(PeerMessage::from_json(&m.to_json()).unwrap(), m);
+        assert_eq!(m.name(), "QOS_REPORT");
+        let i = SupervisorMessage::InjectFailure {};
+        assert_eq!(i.to_json(), r#"{"type":"INJECT_FAILURE"}"#);
+        assert_eq!(SupervisorMessage::from_json(&i.to_json()).unwrap(), i);
+        assert_eq!(i.name(), "INJECT_FAILURE");
+    }
+
+    #[test]
+    fn qos_reports_are_checked_and_round_trip_exactly() {
+        let base = r#"{"type":"QOS_REPORT","stalls":1,"stall_ms":2,"buffer_ms":3,"goodput_bps":4,"chunks_received":5,"chunks_rejected":6,"parent_changes":7,"latency_ms_p50":"#;
+        for bad in [
+            "-1",
+            "1e10",
+            "1e999",
+            "null",
+            "\"5\"",
+            "NaN",
+            "1.5,\"extra\":1",
+        ] {
+            let text = format!("{base}{bad}}}");
+            assert!(PeerMessage::from_json(&text).is_err(), "{text}");
+        }
+        for bad in [
+            r#"{"type":"QOS_REPORT","stalls":-1,"stall_ms":2,"buffer_ms":3,"goodput_bps":4,"chunks_received":5,"chunks_rejected":6,"parent_changes":7,"latency_ms_p50":1}"#,
+            r#"{"type":"QOS_REPORT","stalls":1.5,"stall_ms":2,"buffer_ms":3,"goodput_bps":4,"chunks_received":5,"chunks_rejected":6,"parent_changes":7,"latency_ms_p50":1}"#,
+            r#"{"type":"QOS_REPORT","stall_ms":2,"buffer_ms":3,"goodput_bps":4,"chunks_received":5,"chunks_rejected":6,"parent_changes":7,"latency_ms_p50":1}"#,
+            r#"{"type":"INJECT_FAILURE","now":true}"#,
+        ] {
+            assert!(
+                PeerMessage::from_json(bad).is_err() && SupervisorMessage::from_json(bad).is_err(),
+                "{bad}"
+            );
+        }
+        // Awkward floats are kept to the microsecond, and survive a round trip.
+        for (text, kept) in [
+            ("0.1234567890123456789", 0.123),
+            ("999999999.99999", 1e9),
+            ("1e-300", 0.0),
+            ("0", 0.0),
+            ("12.3456", 12.346),
+        ] {
+            let m = PeerMessage::from_json(&format!("{base}{text}}}")).unwrap();
+            let PeerMessage::QosReport { latency_ms_p50, .. } = m else {
+                panic!()
+            };
+            assert_eq!(latency_ms_p50, kept, "{text}");
+            assert_eq!(PeerMessage::from_json(&m.to_json()).unwrap(), m);
+        }
+        // A sender's unrounded figure goes out as is and comes back rounded.
+        let m = qos(1.0 / 3.0);
+        assert_eq!(PeerMessage::from_json(&m.to_json()).unwrap(), qos(0.333));
     }
 
     #[test]

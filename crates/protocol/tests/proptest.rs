@@ -181,6 +181,21 @@ fn peer_message() -> impl Strategy<Value = PeerMessage> {
                 reason,
             }
         }),
+        (
+            proptest::array::uniform7(any::<u64>()),
+            0..=1_000_000_000_000u64
+        )
+            .prop_map(|(n, latency_us)| PeerMessage::QosReport {
+                stalls: n[0],
+                stall_ms: n[1],
+                buffer_ms: n[2],
+                goodput_bps: n[3],
+                chunks_received: n[4],
+                chunks_rejected: n[5],
+                // What a report keeps: microseconds.
+                latency_ms_p50: latency_us as f64 / 1000.0,
+                parent_changes: n[6],
+            }),
     ]
 }
 
@@ -230,6 +245,7 @@ fn supervisor_message() -> impl Strategy<Value = SupervisorMessage> {
             stream: StreamId(s),
             reason
         }),
+        Just(SupervisorMessage::InjectFailure {}),
         (text(), any::<bool>()).prop_map(|(message, fatal)| SupervisorMessage::Error {
             code: signal::ErrorCode::Forbidden,
             message,

@@ -27,6 +27,8 @@ pub struct SupervisorConfig {
     pub topology: TopologySection,
     /// Chunk-integrity enforcement.
     pub integrity: IntegritySection,
+    /// The operators' web dashboard.
+    pub monitor: MonitorSection,
 }
 
 impl Default for SupervisorConfig {
@@ -38,6 +40,7 @@ impl Default for SupervisorConfig {
             limits: LimitsSection::default(),
             topology: TopologySection::default(),
             integrity: IntegritySection::default(),
+            monitor: MonitorSection::default(),
         }
     }
 }
@@ -153,7 +156,46 @@ impl Default for IntegritySection {
     }
 }
 
+/// `[monitor]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitorSection {
+    /// `"auto"` (the host of `listen`, the next port; port 0 stays 0),
+    /// `"off"` (or empty: disabled), or `HOST:PORT`.
+    pub listen: String,
+    /// Dashboard connections at once.
+    pub max_connections: usize,
+}
+
+impl Default for MonitorSection {
+    fn default() -> Self {
+        Self {
+            listen: "auto".into(),
+            max_connections: 32,
+        }
+    }
+}
+
 impl SupervisorConfig {
+    /// Where the monitor serves, if it is enabled (see [`MonitorSection`]).
+    pub fn monitor_addr(&self) -> Result<Option<SocketAddr>, String> {
+        match self.monitor.listen.trim() {
+            "" | "off" => Ok(None),
+            "auto" => {
+                let port = match self.listen.port() {
+                    0 => 0,
+                    p => p.checked_add(1).ok_or(
+                        "monitor.listen = \"auto\" needs a listen port below 65535; give HOST:PORT",
+                    )?,
+                };
+                Ok(Some(SocketAddr::new(self.listen.ip(), port)))
+            }
+            other => other.parse().map(Some).map_err(|_| {
+                format!("monitor.listen: {other:?} is not \"auto\", \"off\" or HOST:PORT")
+            }),
+        }
+    }
+
     /// Parses a config file's text.
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)
@@ -191,6 +233,10 @@ impl SupervisorConfig {
                 "topology.tree_fanout, mesh_width and mesh_entries must be positive".into(),
             );
         }
+        if self.monitor.max_connections == 0 {
+            return Err("monitor.max_connections must be positive".into());
+        }
+        self.monitor_addr()?;
         Ok(())
     }
 }
@@ -208,6 +254,33 @@ mod tests {
             toml::to_string(&def).unwrap()
         );
         def.validate().unwrap();
+    }
+
+    #[test]
+    fn monitor_listen_values() {
+        let mut c = SupervisorConfig::default();
+        assert_eq!(
+            c.monitor_addr().unwrap(),
+            Some("0.0.0.0:8444".parse().unwrap())
+        );
+        c.listen = "127.0.0.1:0".parse().unwrap();
+        assert_eq!(
+            c.monitor_addr().unwrap(),
+            Some("127.0.0.1:0".parse().unwrap())
+        );
+        c.listen = "127.0.0.1:65535".parse().unwrap();
+        assert!(c.validate().is_err());
+        for off in ["off", "", " off "] {
+            c.monitor.listen = off.into();
+            assert_eq!(c.monitor_addr().unwrap(), None);
+        }
+        c.monitor.listen = "[::1]:9000".into();
+        assert_eq!(
+            c.monitor_addr().unwrap(),
+            Some("[::1]:9000".parse().unwrap())
+        );
+        c.monitor.listen = "localhost:9000".into();
+        assert!(c.validate().unwrap_err().contains("monitor.listen"));
     }
 
     #[test]

@@ -8,15 +8,17 @@
 //! The decisions live in the pure [`manager::Manager`]; [`server`] is the
 //! tokio driver around it: one task per connection, one hub task that owns
 //! the manager, bounded queues between them. [`state`] owns the on-disk
-//! state directory (`init`, `authorize`, `revoke`).
+//! state directory (`init`, `authorize`, `revoke`). [`monitor`] is the
+//! operators' HTTPS dashboard (paper §3.1's monitor).
 //! It does not carry media: chunks flow peer to peer.
 
 pub mod config;
 pub mod manager;
+pub mod monitor;
 pub mod server;
 pub mod state;
 mod tls;
 
 pub use config::SupervisorConfig;
 pub use server::Server;
-pub use state::StateDir;
+pub use state::{MonitorToken, StateDir};

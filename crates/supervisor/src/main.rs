@@ -59,6 +59,17 @@ enum Command {
         /// The peer's public key.
         key: PathBuf,
     },
+    /// Print the monitor dashboard's login URL, token included (keep it
+    /// private: it opens the dashboard).
+    MonitorUrl {
+        /// State directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The host to put in the URL (default: the configured address, or
+        /// this host's loopback when it listens on all addresses).
+        #[arg(long)]
+        host: Option<String>,
+    },
     /// Serve wss:// until SIGTERM or SIGINT.
     Run {
         /// State directory.
@@ -115,6 +126,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("revoked {fp}");
             Ok(())
         }
+        Command::MonitorUrl { dir, host } => {
+            let state = StateDir::new(&dir);
+            let config = state.load_config()?;
+            let Some(addr) = config.monitor_addr().map_err(anyhow::Error::msg)? else {
+                anyhow::bail!("the monitor is off in {}", state.config_path().display());
+            };
+            let token = state.load_or_create_monitor_token()?;
+            let host = host.unwrap_or_else(|| match addr.ip() {
+                ip if ip.is_unspecified() => "127.0.0.1".into(),
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
+            });
+            if addr.port() == 0 {
+                anyhow::bail!(
+                    "the monitor's port is chosen at run time (see `run`'s \"monitor on\" line); \
+                     open https://HOST:PORT/login?token=<the token in {}>",
+                    state.monitor_token_path().display()
+                );
+            }
+            println!(
+                "https://{host}:{}/login?token={}",
+                addr.port(),
+                token.secret()
+            );
+            Ok(())
+        }
         Command::Run { dir, listen } => {
             let state = StateDir::new(&dir);
             let mut config = state.load_config()?;
@@ -125,6 +162,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(async {
                 let server = Server::bind(&state, config).await?;
                 println!("listening on wss://{}", server.local_addr());
+                if let Some(addr) = server.monitor_addr() {
+                    // Without the token: operators read it from DIR/monitor.token
+                    // (or run `miostream-supervisor monitor-url --dir DIR`).
+                    println!("monitor on https://{addr}/");
+                }
                 server.run(shutdown_signal()).await;
                 anyhow::Ok(())
             })

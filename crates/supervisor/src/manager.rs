@@ -14,8 +14,10 @@ use miostream_protocol::signal::{
 use miostream_protocol::{
     ComponentType, IntegrityMode, PeerId, PeerMessage, StreamId, SupervisorMessage, TopologyKind,
 };
-use miostream_topology::{Changes, Topology, TopologyConfig};
-use rand::{CryptoRng, RngExt as _};
+use miostream_topology::{Changes, FailureDistribution, Topology, TopologyConfig};
+use rand::{CryptoRng, Rng, RngExt as _};
+
+use crate::monitor::api::{NodeView, Qos, StreamView};
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +43,8 @@ struct Peer {
     role: ComponentType,
     key: KeyFingerprint,
     stream: Option<StreamId>,
+    /// The latest `QOS_REPORT` (receivers only): one per peer, gone with it.
+    qos: Option<Qos>,
 }
 
 struct Stream {
@@ -128,6 +132,7 @@ impl Manager {
                 role,
                 key,
                 stream: None,
+                qos: None,
             },
         );
         Ok(())
@@ -202,6 +207,32 @@ impl Manager {
                 seq,
                 reason,
             } => self.report(from, joined, upstream, seq, &reason),
+            PeerMessage::QosReport {
+                stalls,
+                stall_ms,
+                buffer_ms,
+                goodput_bps,
+                chunks_received,
+                chunks_rejected,
+                latency_ms_p50,
+                parent_changes,
+            } => {
+                if role == ComponentType::Receiver {
+                    if let Some(p) = self.peers.get_mut(&from) {
+                        p.qos = Some(Qos {
+                            stalls,
+                            stall_ms,
+                            buffer_ms,
+                            goodput_bps,
+                            chunks_received,
+                            chunks_rejected,
+                            latency_ms_p50,
+                            parent_changes,
+                        });
+                    }
+                }
+                Vec::new()
+            }
             other => reply(error(
                 ErrorCode::OutOfOrder,
                 format!("{} is only valid during the handshake", other.name()),
@@ -472,6 +503,70 @@ impl Manager {
             );
         }
         Vec::new()
+    }
+
+    /// The latest QoS report of a peer.
+    pub fn qos(&self, peer: PeerId) -> Option<&Qos> {
+        self.peers.get(&peer).and_then(|p| p.qos.as_ref())
+    }
+
+    /// Every stream's overlay and its receivers' latest QoS, for the
+    /// monitor; streams by name, nodes in overlay order.
+    pub fn monitor_view(&self) -> Vec<StreamView> {
+        let mut views: Vec<StreamView> = self
+            .streams
+            .values()
+            .map(|s| StreamView {
+                id: s.info.id.to_string(),
+                name: s.info.name.clone(),
+                topology: s.info.topology,
+                integrity: s.info.integrity,
+                broadcaster: s.broadcaster,
+                nodes: s
+                    .topology
+                    .peers()
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(position, peer)| {
+                        let l = s.topology.links(peer)?;
+                        Some(NodeView {
+                            peer,
+                            position,
+                            depth: s.topology.depth(peer).unwrap_or(0),
+                            parents: l.parents,
+                            children: l.children,
+                            backup_parents: l.backup_parents,
+                            backup_children: l.backup_children,
+                            neighbours: l.neighbours,
+                            qos: self.qos(peer).cloned(),
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        views
+    }
+
+    /// The failure injector's choice (paper §4.2): in every stream with
+    /// receivers, the receiver at the position `distribution` draws over the
+    /// overlay order. Streams are visited by name, so a seeded `rng` replays
+    /// the same choices on the same state.
+    pub fn pick_victims<R: Rng + ?Sized>(
+        &self,
+        distribution: FailureDistribution,
+        rng: &mut R,
+    ) -> Vec<PeerId> {
+        let mut streams: Vec<&Stream> = self.streams.values().collect();
+        streams.sort_by(|a, b| a.info.name.cmp(&b.info.name));
+        streams
+            .into_iter()
+            .filter_map(|s| {
+                let order = s.topology.peers();
+                let i = distribution.pick(order.len(), rng)?;
+                order.get(i).copied()
+            })
+            .collect()
     }
 
     /// The authorized list changed: cuts off every peer whose key is no

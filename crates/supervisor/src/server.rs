@@ -34,6 +34,8 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::SupervisorConfig;
 use crate::manager::{Manager, ManagerConfig, Output};
+use crate::monitor::api::{Injector, MonitorState};
+use crate::monitor::{Monitor, MonitorQuery};
 use crate::state::{Authorized, StateDir, StateError};
 
 type Ws = WebSocketStream<TlsStream<TcpStream>>;
@@ -70,6 +72,7 @@ struct Shared {
 /// A bound, not yet running supervisor.
 pub struct Server {
     listener: TcpListener,
+    monitor: Option<Monitor>,
     shared: Arc<Shared>,
     dir: StateDir,
     authorized_tx: watch::Sender<Arc<Authorized>>,
@@ -95,6 +98,21 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
+        let monitor = match config.monitor_addr().map_err(|reason| StateError::Config {
+            path: dir.config_path(),
+            reason,
+        })? {
+            Some(addr) => Some(Monitor {
+                token: dir.load_or_create_monitor_token()?,
+                listener: TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Bind { addr, source })?,
+                tls: tls.clone(),
+                max_connections: config.monitor.max_connections,
+                tls_timeout: Duration::from_millis(config.limits.tls_handshake_timeout_ms),
+            }),
+            None => None,
+        };
         let limits = &config.limits;
         // A small read buffer per socket: tungstenite's 128 KiB default would
         // cost 1.3 GB for 10,000 idle peers.
@@ -106,6 +124,7 @@ impl Server {
             .max_frame_size(Some(limits.max_message_bytes));
         Ok(Self {
             listener,
+            monitor,
             shared: Arc::new(Shared {
                 config,
                 key,
@@ -125,20 +144,35 @@ impl Server {
             .unwrap_or(self.shared.config.listen)
     }
 
+    /// Where the monitor (the operators' HTTPS dashboard) listens, if enabled.
+    pub fn monitor_addr(&self) -> Option<SocketAddr> {
+        self.monitor
+            .as_ref()
+            .and_then(|m| m.listener.local_addr().ok())
+    }
+
     /// Serves until `shutdown` completes, then tells every peer and closes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Server {
             listener,
+            monitor,
             shared,
             dir,
             authorized_tx,
         } = self;
         let limits = shared.config.limits.clone();
         let (hub_tx, hub_rx) = mpsc::channel(4096);
+        let (monitor_tx, monitor_rx) = mpsc::channel(64);
         let hub = Hub::new(&shared.config);
-        let hub_task = tokio::spawn(hub.run(hub_rx).instrument(info_span!("hub")));
+        let hub_task = tokio::spawn(hub.run(hub_rx, monitor_rx).instrument(info_span!("hub")));
         let watcher = tokio::spawn(watch_authorized(dir, authorized_tx, hub_tx.clone()));
         let (stop_tx, stop_rx) = watch::channel(false);
+        let monitor_task = monitor.map(|m| {
+            tokio::spawn(
+                m.run(monitor_tx, stop_rx.clone())
+                    .instrument(info_span!("monitor")),
+            )
+        });
         let connections = Arc::new(Semaphore::new(limits.max_connections));
         let unauthenticated = Arc::new(Semaphore::new(limits.max_unauthenticated));
         let mut tasks = JoinSet::new();
@@ -188,6 +222,9 @@ impl Server {
         .await;
         if drained.is_err() {
             tasks.abort_all();
+        }
+        if let Some(m) = monitor_task {
+            let _ = m.await;
         }
         let _ = hub_task.await;
     }
@@ -260,6 +297,9 @@ struct Hub {
     manager: Manager,
     peers: HashMap<PeerId, mpsc::Sender<Outbound>>,
     stopping: bool,
+    /// The monitor's failure injector, and when it fires next.
+    injector: Injector,
+    next_injection: Option<Instant>,
 }
 
 impl Hub {
@@ -277,13 +317,34 @@ impl Hub {
             }),
             peers: HashMap::new(),
             stopping: false,
+            injector: Injector::new(),
+            next_injection: None,
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<HubCommand>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<HubCommand>,
+        mut monitor: mpsc::Receiver<MonitorQuery>,
+    ) {
         // A Send RNG (the thread-local one cannot cross awaits), seeded by the OS.
         let mut rng: rand::rngs::StdRng = rand::make_rng();
-        while let Some(cmd) = rx.recv().await {
+        loop {
+            let cmd = tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => cmd,
+                    None => break,
+                },
+                Some(query) = monitor.recv() => {
+                    self.answer(query);
+                    continue;
+                }
+                _ = sleep_until_opt(self.next_injection) => {
+                    let outputs = self.inject();
+                    self.deliver(outputs);
+                    continue;
+                }
+            };
             let outputs = match cmd {
                 HubCommand::Register {
                     id,
@@ -311,12 +372,57 @@ impl Hub {
                 }
                 HubCommand::Shutdown => {
                     self.stopping = true;
+                    self.next_injection = None;
                     Vec::new()
                 }
                 HubCommand::Authorized(list) => self.manager.reauthorize(list.as_ref()),
             };
             self.deliver(outputs);
         }
+    }
+
+    /// Answers the monitor.
+    fn answer(&mut self, query: MonitorQuery) {
+        match query {
+            MonitorQuery::State(reply) => {
+                let _ = reply.send(MonitorState {
+                    streams: self.manager.monitor_view(),
+                    injection: self.injector.view(),
+                });
+            }
+            MonitorQuery::Inject(req, reply) => {
+                let view = self.injector.set(&req);
+                self.next_injection = match self.injector.period() {
+                    Some(p) if !self.stopping => Some(Instant::now() + p),
+                    _ => None,
+                };
+                let _ = reply.send(view);
+            }
+        }
+    }
+
+    /// Fires the failure injector (the paper's monitor "emits commands to
+    /// the receivers"): each victim is told `INJECT_FAILURE`; its connection
+    /// drop then repairs the topology as a failure.
+    fn inject(&mut self) -> Vec<Output> {
+        let victims = self.injector.fire(&self.manager);
+        self.next_injection = self.injector.period().map(|p| {
+            let now = Instant::now();
+            let next = self.next_injection.unwrap_or(now) + p;
+            // Fell behind (a busy hub): no burst to catch up.
+            if next < now {
+                now + p
+            } else {
+                next
+            }
+        });
+        victims
+            .into_iter()
+            .map(|v| {
+                info!(peer = %v, "injecting a failure");
+                Output::Send(v, SupervisorMessage::InjectFailure {})
+            })
+            .collect()
     }
 
     /// Delivers outputs; a peer whose queue is full is a slow reader and is
@@ -346,6 +452,13 @@ impl Hub {
                 }
             }
         }
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 

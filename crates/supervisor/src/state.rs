@@ -7,6 +7,7 @@
 //! DIR/tls/server.key (0600) DIR/tls/server.crt      ECDSA P-256, names --listen + host
 //! DIR/authorized_peers     "ROLE FINGERPRINT" lines, edited by authorize/revoke
 //! DIR/trust/ca.crt, DIR/trust/supervisor.pub        what peers need (public)
+//! DIR/monitor.token (0600)  the operators' dashboard token (64 hex digits)
 //! ```
 
 use std::collections::HashMap;
@@ -155,6 +156,10 @@ impl StateDir {
     pub fn trust_dir(&self) -> PathBuf {
         self.root.join("trust")
     }
+    /// `DIR/monitor.token`.
+    pub fn monitor_token_path(&self) -> PathBuf {
+        self.root.join("monitor.token")
+    }
     fn tls(&self, name: &str) -> PathBuf {
         self.root.join("tls").join(name)
     }
@@ -205,8 +210,32 @@ impl StateDir {
             &format!("listen = \"{listen}\""),
             1,
         );
+        self.create_monitor_token()?;
         write_public(&self.config_path(), &config)?;
         Ok(())
+    }
+
+    /// Writes a new random dashboard token (32 bytes, hex; mode 0600).
+    fn create_monitor_token(&self) -> Result<MonitorToken, StateError> {
+        use rand::Rng as _;
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        write_secret(&self.monitor_token_path(), &format!("{token}\n"))?;
+        Ok(MonitorToken(token))
+    }
+
+    /// Loads the dashboard token, creating it if this directory predates it.
+    pub fn load_or_create_monitor_token(&self) -> Result<MonitorToken, StateError> {
+        let path = self.monitor_token_path();
+        match fs::read_to_string(&path) {
+            Ok(text) => MonitorToken::parse(text.trim()).ok_or(StateError::Config {
+                path,
+                reason: "a token is 16 to 256 characters of A-Z a-z 0-9 . _ ~ -".into(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.create_monitor_token(),
+            Err(e) => Err(io(&path)(e)),
+        }
     }
 
     /// Loads `config.toml`.
@@ -292,6 +321,40 @@ impl StateDir {
         body.push('\n');
         write_public(&tmp, &body)?;
         fs::rename(&tmp, &path).map_err(io(&path))
+    }
+}
+
+/// The operators' dashboard token. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MonitorToken(String);
+
+impl std::fmt::Debug for MonitorToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MonitorToken(..)")
+    }
+}
+
+impl MonitorToken {
+    /// A token from its text: 16 to 256 characters that a URL query and a
+    /// cookie carry unescaped.
+    pub fn parse(text: &str) -> Option<Self> {
+        let ok = (16..=256).contains(&text.len())
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b));
+        ok.then(|| Self(text.to_owned()))
+    }
+
+    /// The token's text (for the operator's URL; never log it).
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `candidate` is the token, in time independent of where they
+    /// differ.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        use subtle::ConstantTimeEq as _;
+        self.0.as_bytes().ct_eq(candidate).into()
     }
 }
 
@@ -428,6 +491,15 @@ mod tests {
             let text = fs::read_to_string(entry.unwrap().path()).unwrap();
             assert!(!text.contains("PRIVATE"));
         }
+        let mode = fs::metadata(dir.monitor_token_path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "monitor.token");
+        let token = dir.load_or_create_monitor_token().unwrap();
+        assert_eq!(token.secret().len(), 64);
+        assert!(token.secret().bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(!format!("{token:?}").contains(token.secret()));
         dir.load_config().unwrap();
         dir.load_key().unwrap();
         assert!(dir.load_authorized().unwrap().is_empty());
@@ -435,6 +507,31 @@ mod tests {
             dir.init("127.0.0.1:0".parse().unwrap(), &[], 2048),
             Err(StateError::AlreadyInitialized(_))
         ));
+    }
+
+    #[test]
+    fn monitor_token_is_created_for_old_directories_and_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path());
+        let first = dir.load_or_create_monitor_token().unwrap();
+        assert_eq!(dir.load_or_create_monitor_token().unwrap(), first);
+        assert!(first.matches(first.secret().as_bytes()));
+        assert!(!first.matches(b""));
+        assert!(!first.matches(&first.secret().as_bytes()[1..]));
+        let mut wrong = first.secret().as_bytes().to_vec();
+        wrong[63] ^= 1;
+        assert!(!first.matches(&wrong));
+        fs::write(dir.monitor_token_path(), "short\n").unwrap();
+        assert!(matches!(
+            dir.load_or_create_monitor_token(),
+            Err(StateError::Config { .. })
+        ));
+        fs::write(dir.monitor_token_path(), "an-operator-chosen_token.1\n").unwrap();
+        assert_eq!(
+            dir.load_or_create_monitor_token().unwrap().secret(),
+            "an-operator-chosen_token.1"
+        );
+        assert!(MonitorToken::parse("has space in it; x=y").is_none());
     }
 
     #[test]

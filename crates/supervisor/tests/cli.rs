@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -91,7 +92,8 @@ fn init_authorize_run_and_stop_on_sigterm() {
     let stdout = child.stdout.take().unwrap();
     let mut guard = Guard(Some(child));
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let mut stdout = BufReader::new(stdout);
+    stdout.read_line(&mut line).unwrap();
     let addr = line
         .trim()
         .strip_prefix("listening on wss://")
@@ -99,6 +101,23 @@ fn init_authorize_run_and_stop_on_sigterm() {
     let port: u16 = addr.rsplit_once(':').unwrap().1.parse().unwrap();
     assert_ne!(port, 0);
     std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // Then the monitor's line (its own port, chosen by the OS here).
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let monitor = line
+        .trim()
+        .strip_prefix("monitor on https://")
+        .and_then(|a| a.strip_suffix('/'))
+        .unwrap_or_else(|| panic!("{line:?}"));
+    let monitor_port: u16 = monitor.rsplit_once(':').unwrap().1.parse().unwrap();
+    assert!(monitor_port != 0 && monitor_port != port);
+    std::net::TcpStream::connect(("127.0.0.1", monitor_port)).unwrap();
+    let token = std::fs::read_to_string(Path::new(d).join("monitor.token")).unwrap();
+    assert_eq!(token.trim().len(), 64);
+    // monitor-url cannot know a port chosen at run time: it says so.
+    let out = run(&["monitor-url", "--dir", d]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("run time"));
 
     let mut child = guard.0.take().unwrap();
     let kill = Command::new("kill")

@@ -34,6 +34,8 @@ pub struct TestSupervisor {
     pub url: SupervisorUrl,
     /// Its trust bundle.
     pub trust: Trust,
+    /// Where its monitor (HTTPS dashboard) listens, unless a tweak turned it off.
+    pub monitor: Option<std::net::SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -79,9 +81,11 @@ impl TestSupervisor {
         }
         let mut config = state.load_config().unwrap();
         config.listen = listen;
+        config.monitor.listen = std::net::SocketAddr::new(ip, 0).to_string();
         tweak(&mut config);
         let server = Server::bind(&state, config).await.unwrap();
         let addr = server.local_addr();
+        let monitor = server.monitor_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
             let _ = stopped.await;
@@ -89,6 +93,7 @@ impl TestSupervisor {
         Self {
             trust: Trust::load(&state.trust_dir()).unwrap(),
             url: format!("wss://{}", addr).parse().unwrap(),
+            monitor,
             dir,
             stop: Some(stop),
             task: Some(task),
@@ -100,6 +105,15 @@ impl TestSupervisor {
         let path = dir.path().join(format!("peer{i}.pub"));
         std::fs::write(&path, keys()[i].public().to_pem()).unwrap();
         path
+    }
+
+    /// The monitor's operator token.
+    pub fn monitor_token(&self) -> String {
+        self.state()
+            .load_or_create_monitor_token()
+            .unwrap()
+            .secret()
+            .to_owned()
     }
 
     /// Its state directory.
@@ -136,6 +150,11 @@ impl TestSupervisor {
         config.listen = format!("{}:{}", self.url.host, self.url.port)
             .parse()
             .unwrap();
+        // The same monitor port too, if it had one.
+        config.monitor.listen = match self.monitor {
+            Some(addr) => addr.to_string(),
+            None => "off".into(),
+        };
         let server = Server::bind(&state, config).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         self.task = Some(tokio::spawn(server.run(async move {

@@ -354,3 +354,176 @@ fn a_broadcaster_resumes_its_stream_identity_after_a_restart() {
     let b3 = f.peer(ComponentType::Broadcaster, 4);
     assert_eq!(error_code(&f.send(b3, bad)), Some(ErrorCode::Malformed));
 }
+
+fn qos_report(stalls: u64) -> PeerMessage {
+    PeerMessage::QosReport {
+        stalls,
+        stall_ms: 10 * stalls,
+        buffer_ms: 1800,
+        goodput_bps: 1_200_000,
+        chunks_received: 50,
+        chunks_rejected: 0,
+        latency_ms_p50: 20.5,
+        parent_changes: 1,
+    }
+}
+
+#[test]
+fn qos_reports_keep_the_latest_per_receiver_and_go_with_it() {
+    let mut f = Fixture::new();
+    let b = f.peer(ComponentType::Broadcaster, 0);
+    f.stream(b, TopologyKind::Tree);
+    let r1 = f.peer(ComponentType::Receiver, 1);
+    let r2 = f.peer(ComponentType::Receiver, 2);
+    f.join(r1);
+    f.join(r2);
+    assert!(f.send(r1, qos_report(1)).is_empty());
+    assert!(f.send(r1, qos_report(3)).is_empty());
+    // A broadcaster's report is not stored.
+    assert!(f.send(b, qos_report(9)).is_empty());
+    assert!(f.m.qos(b).is_none());
+    assert_eq!(f.m.qos(r1).unwrap().stalls, 3);
+    assert!(f.m.qos(r2).is_none());
+
+    let view = f.m.monitor_view();
+    assert_eq!(view.len(), 1);
+    let s = &view[0];
+    assert_eq!(
+        (s.name.as_str(), s.topology, s.broadcaster),
+        ("s", TopologyKind::Tree, b)
+    );
+    assert_eq!(s.nodes.len(), 2);
+    assert_eq!(s.nodes[0].peer, r1);
+    assert_eq!(s.nodes[0].position, 0);
+    assert_eq!(s.nodes[0].depth, 1);
+    assert_eq!(s.nodes[0].parents, vec![b]);
+    assert_eq!(s.nodes[0].qos.as_ref().unwrap().stall_ms, 30);
+    assert_eq!(s.nodes[1].qos, None);
+    let json = serde_json::to_value(&view).unwrap();
+    assert_eq!(json[0]["id"], serde_json::json!(s.id));
+    assert_eq!(json[0]["topology"], "tree");
+    assert_eq!(json[0]["nodes"][1]["qos"], serde_json::Value::Null);
+    assert_eq!(json[0]["nodes"][0]["qos"]["latency_ms_p50"], 20.5);
+
+    // Gone with the peer: bounded by the connected peers.
+    f.m.disconnected(r1);
+    assert!(f.m.qos(r1).is_none());
+    let view = f.m.monitor_view();
+    assert_eq!(view[0].nodes.len(), 1);
+    assert_eq!(view[0].nodes[0].peer, r2);
+    assert_eq!(view[0].nodes[0].position, 0);
+}
+
+#[test]
+fn victims_follow_the_distribution_over_positions_and_replay_from_a_seed() {
+    use miostream_topology::FailureDistribution;
+    let mut f = Fixture::new();
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    // No stream, or a stream without receivers: no victim.
+    assert!(f
+        .m
+        .pick_victims(FailureDistribution::Uniform, &mut rng)
+        .is_empty());
+    let b = f.peer(ComponentType::Broadcaster, 0);
+    f.stream(b, TopologyKind::List);
+    assert!(f
+        .m
+        .pick_victims(FailureDistribution::Uniform, &mut rng)
+        .is_empty());
+    let receivers: Vec<PeerId> = (1..=20)
+        .map(|i| {
+            let r = f.peer(ComponentType::Receiver, i);
+            f.join(r);
+            r
+        })
+        .collect();
+    let order: Vec<PeerId> = f.m.monitor_view()[0].nodes.iter().map(|n| n.peer).collect();
+    assert_eq!(
+        order, receivers,
+        "a list of equal capacities keeps arrival order"
+    );
+    let positions = |d: FailureDistribution, seed: u64| -> Vec<usize> {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        (0..400)
+            .map(|_| {
+                let v = f.m.pick_victims(d, &mut rng);
+                assert_eq!(v.len(), 1);
+                assert_ne!(v[0], b, "the broadcaster never fails");
+                order.iter().position(|p| *p == v[0]).unwrap()
+            })
+            .collect()
+    };
+    for d in FailureDistribution::ALL {
+        assert_eq!(
+            positions(d, 5),
+            positions(d, 5),
+            "{d}: seeded choice replays"
+        );
+    }
+    let mean = |v: &[usize]| v.iter().sum::<usize>() as f64 / v.len() as f64;
+    // Uniform covers every position; binomial(20, 0.8) lands past the middle.
+    let uniform = positions(FailureDistribution::Uniform, 3);
+    assert!((0..20).all(|i| uniform.contains(&i)));
+    assert!((mean(&uniform) - 9.5).abs() < 1.5, "{}", mean(&uniform));
+    let binomial = positions(FailureDistribution::Binomial, 3);
+    assert!(mean(&binomial) > 13.0, "{}", mean(&binomial));
+    // The same choice as the distribution's own draw, position for position.
+    let mut a = ChaCha20Rng::seed_from_u64(11);
+    let mut c = ChaCha20Rng::seed_from_u64(11);
+    for _ in 0..50 {
+        let v = f.m.pick_victims(FailureDistribution::Poisson, &mut a)[0];
+        let i = FailureDistribution::Poisson.pick(20, &mut c).unwrap();
+        assert_eq!(v, order[i]);
+    }
+}
+
+#[test]
+fn the_injector_fires_one_victim_per_stream() {
+    use crate::monitor::api::{InjectRequest, Injector};
+    use miostream_topology::FailureDistribution;
+    let mut f = Fixture::new();
+    let mut inj = Injector::new();
+    assert!(inj.fire(&f.m).is_empty(), "stopped");
+    for (key, name) in [(0u8, "a"), (1, "b")] {
+        let b = f.peer(ComponentType::Broadcaster, key);
+        f.send(
+            b,
+            PeerMessage::AnnounceStream {
+                name: name.into(),
+                topology: TopologyKind::Mesh,
+                integrity: IntegrityMode::Hmac,
+                media_type: "video/webm".into(),
+                signing_key: None,
+                resume: None,
+            },
+        );
+        for i in 0..3 {
+            let r = f.peer(ComponentType::Receiver, 10 + key * 10 + i);
+            f.send(
+                r,
+                PeerMessage::JoinStream {
+                    name: name.into(),
+                    capacity: Capacity::default(),
+                },
+            );
+        }
+    }
+    let start = InjectRequest {
+        rate: 2.0,
+        distribution: Some(FailureDistribution::Uniform),
+        seed: Some(7),
+    };
+    inj.set(&start);
+    let first: Vec<PeerId> = (0..5).flat_map(|_| inj.fire(&f.m)).collect();
+    assert_eq!(first.len(), 10);
+    assert_eq!(inj.view().injected, 10);
+    let view = f.m.monitor_view();
+    for pair in first.chunks(2) {
+        assert!(view[0].nodes.iter().any(|n| n.peer == pair[0]));
+        assert!(view[1].nodes.iter().any(|n| n.peer == pair[1]));
+    }
+    // Restarting with the same seed replays the same victims.
+    inj.set(&start);
+    let again: Vec<PeerId> = (0..5).flat_map(|_| inj.fire(&f.m)).collect();
+    assert_eq!(again, first);
+}
