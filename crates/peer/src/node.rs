@@ -87,6 +87,10 @@ pub enum NodeEvent {
         /// How many.
         count: u64,
     },
+    /// The monitor injected a failure (`INJECT_FAILURE`): the application
+    /// should fail as a crash would (e.g. [`NodeHandle::kill`]) and join again
+    /// as a new viewer.
+    FailureInjected,
     /// The stream ended.
     Ended(String),
     /// The node stopped for good.
@@ -103,6 +107,8 @@ pub struct NodeHandle {
     pub stats: watch::Receiver<RelayStats>,
     /// Our peer id.
     pub peer_id: PeerId,
+    /// Weak: the session lives as long as the node, not the handle.
+    supervisor: mpsc::WeakSender<PeerMessage>,
     task: JoinHandle<()>,
 }
 
@@ -119,6 +125,16 @@ impl NodeHandle {
     pub fn kill(self) {
         self.task.abort();
     }
+
+    /// Sends a message to the supervisor (e.g. a `QOS_REPORT`) without
+    /// waiting. Returns false if it was dropped: the session's queue is full
+    /// the supervisor is unreachable right now (as with the node's own
+    /// signaling), or the node stopped.
+    pub fn tell_supervisor(&self, msg: PeerMessage) -> bool {
+        self.supervisor
+            .upgrade()
+            .is_some_and(|tx| tx.try_send(msg).is_ok())
+    }
 }
 
 /// Starts a node.
@@ -127,9 +143,11 @@ pub fn spawn_node(config: NodeConfig, transport: TransportHandle) -> NodeHandle 
     let (events_tx, events_rx) = mpsc::channel(1024);
     let (stats_tx, stats_rx) = watch::channel(RelayStats::default());
     let peer_id = config.session.peer_id;
+    let session = Session::spawn(config.session.clone());
+    let supervisor = session.outbound.downgrade();
     let node = Node {
         me: peer_id,
-        session: Session::spawn(config.session.clone()),
+        session,
         transport,
         name: config.stream,
         announce: config.announce,
@@ -152,6 +170,7 @@ pub fn spawn_node(config: NodeConfig, transport: TransportHandle) -> NodeHandle 
         events: events_rx,
         stats: stats_rx,
         peer_id,
+        supervisor,
         task,
     }
 }
@@ -365,6 +384,10 @@ impl Node {
                     // stream keeps flowing between peers meanwhile).
                     self.rejoin_at = Some(tokio::time::Instant::now() + REJOIN_DELAY);
                 }
+            }
+            SupervisorMessage::InjectFailure {} => {
+                info!("the monitor injected a failure");
+                let _ = self.events.send(NodeEvent::FailureInjected).await;
             }
             other => debug!(msg = other.name(), "ignored"),
         }

@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use miostream_media::PlaybackModel;
+use miostream_media::{PlaybackModel, PlaybackStats};
 use miostream_peer::{
-    integrity_check, spawn_node, Identity, NodeConfig, NodeEvent, SessionConfig, SupervisorUrl,
-    Trust,
+    integrity_check, spawn_node, Identity, NodeConfig, NodeEvent, NodeHandle, SessionConfig,
+    SupervisorUrl, Trust,
 };
-use miostream_protocol::{ChunkFlags, ChunkKind, ComponentType, PeerId};
-use miostream_relay::RelayConfig;
+use miostream_protocol::{ChunkFlags, ChunkKind, ComponentType, PeerId, PeerMessage};
+use miostream_relay::{RelayConfig, RelayStats};
 use miostream_webrtc::WebRtcConfig;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
@@ -108,6 +108,11 @@ pub struct Summary {
     pub buffer_ms: u64,
     /// Whether this is the summary written at exit (a live one says false).
     pub ended: bool,
+    /// Failures injected by the supervisor's monitor: each one dropped the
+    /// node like a crash and joined again as a new viewer (a new peer id).
+    /// The other figures add up every incarnation; a rejoin's startup
+    /// buffering is not a stall.
+    pub failures: u64,
 }
 
 /// Writes `summary` to `path` atomically (a temporary file, then a rename):
@@ -129,17 +134,66 @@ struct Qos {
     skipped: u64,
     joined_at: Option<Instant>,
     max_gap: Duration,
+    /// Startup buffer and resume threshold of the playback model.
+    startup: Duration,
+    /// Injected failures so far, and what the incarnations before the
+    /// current one measured.
+    failures: u64,
+    past_relay: RelayStats,
+    past_playback: PlaybackStats,
+    past_verified: u64,
+    first_startup_ms: Option<u64>,
 }
 
 impl Qos {
+    /// An injected failure: the current incarnation's figures are kept, and
+    /// the next one starts with an empty playback buffer (as a new viewer).
+    fn fail(&mut self, now: Instant, stats: &RelayStats, verified: u64) {
+        self.past_verified += verified;
+        let p = self.playback.stats(now);
+        if self.playback.started() && self.first_startup_ms.is_none() {
+            self.first_startup_ms = Some(p.startup_ms);
+        }
+        let (a, b) = (&mut self.past_playback, p);
+        a.stalls += b.stalls;
+        a.stall_ms += b.stall_ms;
+        a.played_ms += b.played_ms;
+        let (a, b) = (&mut self.past_relay, stats);
+        a.chunks_received += b.chunks_received;
+        a.bytes_received += b.bytes_received;
+        a.duplicates += b.duplicates;
+        a.rejected += b.rejected;
+        a.delivered += b.delivered;
+        a.skipped += b.skipped;
+        a.gap_requests += b.gap_requests;
+        a.upstream_changes += b.upstream_changes;
+        a.dead_links += b.dead_links;
+        self.playback = PlaybackModel::new(self.startup, self.startup / 2);
+        self.failures += 1;
+    }
+
     fn summary(
         &mut self,
         now: Instant,
-        stats: &miostream_relay::RelayStats,
+        current: &RelayStats,
         verified: u64,
         ended: bool,
     ) -> Summary {
-        let p = self.playback.stats(now);
+        let mut p = self.playback.stats(now);
+        p.stalls += self.past_playback.stalls;
+        p.stall_ms += self.past_playback.stall_ms;
+        p.played_ms += self.past_playback.played_ms;
+        if let Some(first) = self.first_startup_ms {
+            p.startup_ms = first;
+        }
+        let stats = &RelayStats {
+            chunks_received: self.past_relay.chunks_received + current.chunks_received,
+            bytes_received: self.past_relay.bytes_received + current.bytes_received,
+            duplicates: self.past_relay.duplicates + current.duplicates,
+            rejected: self.past_relay.rejected + current.rejected,
+            upstream_changes: self.past_relay.upstream_changes + current.upstream_changes,
+            ..RelayStats::default()
+        };
         let mut sorted = self.latencies.clone();
         sorted.sort_by(f64::total_cmp);
         let joined_secs = self
@@ -149,7 +203,7 @@ impl Qos {
             stream: self.stream.clone(),
             peer_id: self.peer_id.to_string(),
             chunks_received: stats.chunks_received,
-            chunks_verified: verified,
+            chunks_verified: self.past_verified + verified,
             chunks_rejected: stats.rejected,
             bytes_received: stats.bytes_received,
             goodput_bps: if joined_secs > 0.0 {
@@ -170,7 +224,27 @@ impl Qos {
             max_gap_ms: self.max_gap.as_millis() as u64,
             buffer_ms: self.playback.buffered_ms(now),
             ended,
+            failures: self.failures,
         }
+    }
+}
+
+/// The `QOS_REPORT` the monitor shows, from a summary.
+fn qos_report(s: &Summary) -> PeerMessage {
+    PeerMessage::QosReport {
+        stalls: s.stalls,
+        stall_ms: s.stall_ms,
+        buffer_ms: s.buffer_ms,
+        goodput_bps: s.goodput_bps,
+        chunks_received: s.chunks_received,
+        chunks_rejected: s.chunks_rejected,
+        latency_ms_p50: if s.latency_ms_p50.is_finite() {
+            s.latency_ms_p50
+                .clamp(0.0, miostream_protocol::signal::MAX_REPORTED_MS)
+        } else {
+            0.0
+        },
+        parent_changes: s.parent_changes,
     }
 }
 
@@ -217,33 +291,9 @@ pub async fn run(
         ),
         None => None,
     };
+    let mut integrity = Arc::new(Mutex::new(Default::default()));
     let peer_id = PeerId::random();
-    let (transport, _counters) = miostream_webrtc::spawn(
-        peer_id,
-        WebRtcConfig {
-            ice_servers: config.ice_servers.clone(),
-            ..WebRtcConfig::new(bind)
-        },
-    );
-    let integrity = Arc::new(Mutex::new(Default::default()));
-    let mut node = spawn_node(
-        NodeConfig {
-            session: SessionConfig {
-                url: config.supervisor.clone(),
-                identity: config.identity.clone(),
-                trust: config.trust.clone(),
-                role: ComponentType::Receiver,
-                peer_id,
-                backoff_min: Duration::from_millis(200),
-                backoff_max: Duration::from_secs(5),
-            },
-            stream: config.stream.clone(),
-            announce: None,
-            relay: RelayConfig::default(),
-            verifier: integrity_check(config.threshold, integrity.clone()),
-        },
-        transport,
-    );
+    let mut node = start_node(&config, bind, peer_id, &integrity);
     let mut qos = Qos {
         stream: config.stream.clone(),
         peer_id,
@@ -252,6 +302,12 @@ pub async fn run(
         skipped: 0,
         joined_at: None,
         max_gap: Duration::ZERO,
+        startup: config.startup,
+        failures: 0,
+        past_relay: RelayStats::default(),
+        past_playback: PlaybackStats::default(),
+        past_verified: 0,
+        first_startup_ms: None,
     };
     // Latency counts live chunks only: the backlog a new upstream replays
     // (from the latest keyframe, or after a failover) was sent before we
@@ -259,7 +315,6 @@ pub async fn run(
     let mut joined_unix_us = u64::MAX;
     let mut last_delivery: Option<Instant> = None;
     let deadline = config.duration.map(|d| tokio::time::Instant::now() + d);
-    let verified = || integrity.lock().map(|c| c.verified).unwrap_or(0);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ticks = 0u64;
     tokio::pin!(shutdown);
@@ -270,11 +325,15 @@ pub async fn run(
             _ = sleep_until_opt(deadline) => break Ok(()),
             _ = tick.tick() => {
                 let stats = node.stats.borrow().clone();
-                let s = qos.summary(Instant::now(), &stats, verified(), false);
+                let s = qos.summary(Instant::now(), &stats, verified(&integrity), false);
                 if let Some(path) = &config.live_summary {
                     if let Err(e) = write_summary(path, &s) {
                         warn!("cannot write {}: {e}", path.display());
                     }
+                }
+                if qos.joined_at.is_some() {
+                    // For the supervisor's monitor; dropped while it is unreachable.
+                    node.tell_supervisor(qos_report(&s));
                 }
                 if ticks % 5 == 0 {
                     info!(chunks = s.chunks_received, rejected = s.chunks_rejected, stalls = s.stalls, stall_ms = s.stall_ms, buffer_ms = s.buffer_ms, upstreams_changed = s.parent_changes, "receiving");
@@ -286,10 +345,33 @@ pub async fn run(
         match event {
             None => break Err(anyhow::anyhow!("the node stopped")),
             Some(NodeEvent::Joined(keys)) => {
-                qos.joined_at = Some(Instant::now());
+                // Goodput counts from the first join, across injected failures.
+                qos.joined_at.get_or_insert_with(Instant::now);
                 joined_unix_us = unix_us();
                 info!(stream = %config.stream, id = %keys.stream.id, topology = %keys.stream.topology, integrity = %keys.stream.integrity, %bind, "joined");
             }
+            Some(NodeEvent::FailureInjected) => {
+                // The paper's failure (§4.2): a crash, then a new viewer. No
+                // LEAVE_STREAM; dropping the node drops its WebRTC links and
+                // its supervisor connection, which the supervisor repairs as
+                // a failure.
+                let stats = node.stats.borrow().clone();
+                qos.fail(Instant::now(), &stats, verified(&integrity));
+                // The new incarnation counts its own verifications.
+                integrity = Arc::new(Mutex::new(Default::default()));
+                let peer_id = PeerId::random();
+                let old =
+                    std::mem::replace(&mut node, start_node(&config, bind, peer_id, &integrity));
+                old.kill();
+                info!(failures = qos.failures, new_peer_id = %peer_id, "injected failure: rejoining as a new viewer");
+                qos.peer_id = peer_id;
+                joined_unix_us = u64::MAX;
+                last_delivery = None;
+            }
+            // A rejoin starts again with the init segment, which the player
+            // has already: the output continues with the next clusters.
+            Some(NodeEvent::Deliver { header, .. })
+                if qos.failures > 0 && header.kind == ChunkKind::Init => {}
             Some(NodeEvent::Deliver { header, payload }) => {
                 if header.kind == ChunkKind::Media {
                     let now = Instant::now();
@@ -334,13 +416,52 @@ pub async fn run(
         let _ = w.flush().await;
     }
     let stats = node.stats.borrow().clone();
-    let summary = qos.summary(Instant::now(), &stats, verified(), true);
+    let summary = qos.summary(Instant::now(), &stats, verified(&integrity), true);
     node.stop().await;
     match ended {
         Ok(()) if qos.joined_at.is_none() => bail!("never joined the stream"),
         Ok(()) => Ok(summary),
         Err(e) => Err(e),
     }
+}
+
+/// Chunks verified by one incarnation's integrity check.
+fn verified(counters: &Mutex<miostream_integrity::Counters>) -> u64 {
+    counters.lock().map(|c| c.verified).unwrap_or(0)
+}
+
+/// Starts the receiver's node (one incarnation: a peer id, a transport).
+fn start_node(
+    config: &ReceiveConfig,
+    bind: IpAddr,
+    peer_id: PeerId,
+    integrity: &Arc<Mutex<miostream_integrity::Counters>>,
+) -> NodeHandle {
+    let (transport, _counters) = miostream_webrtc::spawn(
+        peer_id,
+        WebRtcConfig {
+            ice_servers: config.ice_servers.clone(),
+            ..WebRtcConfig::new(bind)
+        },
+    );
+    spawn_node(
+        NodeConfig {
+            session: SessionConfig {
+                url: config.supervisor.clone(),
+                identity: config.identity.clone(),
+                trust: config.trust.clone(),
+                role: ComponentType::Receiver,
+                peer_id,
+                backoff_min: Duration::from_millis(200),
+                backoff_max: Duration::from_secs(5),
+            },
+            stream: config.stream.clone(),
+            announce: None,
+            relay: RelayConfig::default(),
+            verifier: integrity_check(config.threshold, integrity.clone()),
+        },
+        transport,
+    )
 }
 
 async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
