@@ -73,9 +73,10 @@ pub async fn run(
     );
     let mut cluster = Cluster::start(bins, work, &work.join("keys"), settings).await?;
     eprintln!("supervisor: {}", cluster.url);
-    if cluster.monitor.is_some() {
+    if let Some(m) = &cluster.monitor {
         eprintln!(
-            "dashboard: see the supervisor's log for its URL; token in {}",
+            "dashboard: {} (token in {})",
+            m.url,
             work.join("supervisor/monitor.token").display()
         );
     }

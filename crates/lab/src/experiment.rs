@@ -185,10 +185,14 @@ pub async fn run(
             if let (Some(first), Some(Some(base))) = (history.first_mut(), baseline.get(slot)) {
                 *first = first.since(base);
             }
+            let mut qos = SlotQos::fold(&history);
+            // A viewer killed before it wrote its first summary left no
+            // QoS, but it held the slot all the same.
+            qos.incarnations = cluster.incarnations(slot);
             Row {
                 experiment: e.clone(),
                 receiver: slot,
-                qos: SlotQos::fold(&history),
+                qos,
             }
         })
         .collect();
@@ -276,6 +280,9 @@ async fn measure(
                 }
             }
             _ = failure_tick.tick() => {
+                if Instant::now() >= end {
+                    break; // a failure due at the end would not be measured
+                }
                 let live: Vec<Option<Summary>> = (0..cluster.len()).map(|s| cluster.live(s)).collect();
                 let mut order = Vec::new();
                 if let Some(m) = &cluster.monitor {

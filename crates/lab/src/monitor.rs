@@ -22,6 +22,8 @@ const MAX_RESPONSE: usize = 8 << 20;
 /// The monitor of one supervisor.
 #[derive(Clone)]
 pub struct Monitor {
+    /// Its URL (`https://HOST:PORT/`).
+    pub url: String,
     host: String,
     port: u16,
     token: String,
@@ -87,6 +89,7 @@ impl Monitor {
             .with_root_certificates(roots)
             .with_no_client_auth();
         Ok(Self {
+            url: url.to_owned(),
             host,
             port,
             token,
