@@ -428,7 +428,11 @@ impl Node {
         }
         let gone: Vec<PeerId> = self.linked.difference(&next).copied().collect();
         for peer in gone {
-            self.control(TransportCommand::Close { peer });
+            // A live link retires through the relay (make before break:
+            // it closes once the new upstreams are up); others close now.
+            if !self.relay.as_ref().is_some_and(|r| r.is_up(&peer)) {
+                self.control(TransportCommand::Close { peer });
+            }
         }
         self.linked = next;
         if let Some(r) = self.relay.as_mut() {
@@ -540,6 +544,11 @@ impl Node {
                     info!(%peer, "link dead (missed heartbeats)");
                     self.control(TransportCommand::Close { peer });
                 }
+                Output::Retired { peer } if !self.linked.contains(&peer) => {
+                    debug!(%peer, "retired link closed");
+                    self.control(TransportCommand::Close { peer });
+                }
+                Output::Retired { .. } => {}
             }
         }
         self.stats.send_if_modified(|s| {

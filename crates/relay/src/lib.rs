@@ -46,6 +46,10 @@ pub struct RelayConfig {
     pub gap_timeout: Duration,
     /// A hole still open after this long is skipped (counted) so playback goes on.
     pub max_hole_wait: Duration,
+    /// Make before break: a live link that a reconfiguration removed keeps
+    /// feeding (or being fed) until the new upstreams are up or this long
+    /// has passed; then the driver closes it.
+    pub retire_grace: Duration,
 }
 
 impl Default for RelayConfig {
@@ -58,6 +62,7 @@ impl Default for RelayConfig {
             redundancy: 2,
             gap_timeout: Duration::from_millis(150),
             max_hole_wait: Duration::from_secs(3),
+            retire_grace: Duration::from_secs(3),
         }
     }
 }
@@ -122,6 +127,12 @@ pub enum Output {
     /// the supervisor).
     LinkDead {
         /// The silent peer.
+        peer: PeerId,
+    },
+    /// A link that the topology removed is no longer needed (or its grace
+    /// ran out): the driver should close it unless the peer is linked again.
+    Retired {
+        /// The peer.
         peer: PeerId,
     },
 }

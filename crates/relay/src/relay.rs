@@ -67,6 +67,11 @@ pub struct Relay<V> {
     up: HashMap<PeerId, Link>,
     subscribers: HashSet<PeerId>,
     upstreams: Vec<PeerId>,
+    /// Live links the topology removed, kept until their grace deadline
+    /// (make before break): a peer that moves keeps its old parent until a
+    /// new upstream is up, and a parent keeps serving a child that moved
+    /// until it unsubscribes.
+    retiring: HashMap<PeerId, Instant>,
     ever_subscribed: bool,
     store: ChunkStore,
     next_deliver: Option<u64>,
@@ -126,6 +131,7 @@ impl<V: Verify> Relay<V> {
             up: HashMap::new(),
             subscribers: HashSet::new(),
             upstreams: Vec::new(),
+            retiring: HashMap::new(),
             ever_subscribed: false,
             store: ChunkStore::default(),
             next_deliver: None,
@@ -180,12 +186,40 @@ impl<V: Verify> Relay<V> {
     pub fn set_links(&mut self, links: Links, now: Instant) {
         // Live links to peers no longer linked stay known until the driver
         // closes them: a link can come up before the reconfiguration that
-        // explains it arrives.
+        // explains it arrives. Those that were linked retire gracefully.
         let linked: HashSet<PeerId> = links.all_peers().collect();
-        self.subscribers.retain(|p| linked.contains(p));
-        self.upstreams.retain(|p| linked.contains(p));
+        let deadline = now + self.config.retire_grace;
+        for p in self.links.all_peers() {
+            if !linked.contains(&p) && self.up.contains_key(&p) {
+                self.retiring.entry(p).or_insert(deadline);
+            }
+        }
+        self.retiring.retain(|p, _| !linked.contains(p));
+        let keep = |p: &PeerId| linked.contains(p) || self.retiring.contains_key(p);
+        self.subscribers.retain(keep);
+        self.upstreams.retain(keep);
         self.links = links;
         self.refresh_upstreams(now);
+        self.retire_idle();
+    }
+
+    /// Whether the link to `peer` is up.
+    pub fn is_up(&self, peer: &PeerId) -> bool {
+        self.up.contains_key(peer)
+    }
+
+    /// Peers the topology removed whose links carry nothing for us any more.
+    fn retire_idle(&mut self) {
+        let idle: Vec<PeerId> = self
+            .retiring
+            .keys()
+            .filter(|p| !self.upstreams.contains(p) && !self.subscribers.contains(p))
+            .copied()
+            .collect();
+        for peer in idle {
+            self.retiring.remove(&peer);
+            self.out.push_back(Output::Retired { peer });
+        }
     }
 
     /// The data channel to `peer` opened.
@@ -212,6 +246,7 @@ impl<V: Verify> Relay<V> {
 
     /// The data channel to `peer` closed or failed.
     pub fn link_down(&mut self, peer: PeerId, now: Instant) {
+        self.retiring.remove(&peer);
         if self.up.remove(&peer).is_some() {
             self.subscribers.remove(&peer);
             self.upstreams.retain(|p| *p != peer);
@@ -309,6 +344,7 @@ impl<V: Verify> Relay<V> {
             }
             FrameRef::Unsubscribe { stream } if stream == self.stream => {
                 self.subscribers.remove(&from);
+                self.retire_idle();
             }
             FrameRef::GapRequest {
                 stream,
@@ -348,6 +384,21 @@ impl<V: Verify> Relay<V> {
             self.out.push_back(Output::LinkDead { peer });
             self.link_down(peer, now);
         }
+        let expired: Vec<PeerId> = self
+            .retiring
+            .iter()
+            .filter(|(_, &deadline)| now >= deadline)
+            .map(|(p, _)| *p)
+            .collect();
+        if !expired.is_empty() {
+            for peer in expired {
+                self.retiring.remove(&peer);
+                self.subscribers.remove(&peer);
+                self.upstreams.retain(|p| *p != peer);
+                self.out.push_back(Output::Retired { peer });
+            }
+            self.refresh_upstreams(now);
+        }
         if now >= self.next_heartbeat {
             let hb = self.heartbeat_frame(now);
             for &peer in self.up.keys() {
@@ -366,6 +417,9 @@ impl<V: Verify> Relay<V> {
         let mut t = self.next_heartbeat;
         for l in self.up.values() {
             t = t.min(l.last_heard + self.config.link_timeout);
+        }
+        for &deadline in self.retiring.values() {
+            t = t.min(deadline);
         }
         if let Some(h) = &self.hole {
             let ask = h.last_ask.unwrap_or(h.since) + self.config.gap_timeout;
@@ -467,6 +521,15 @@ impl<V: Verify> Relay<V> {
                 }
             }
         }
+        if out.is_empty() {
+            // Make before break: until a linked upstream is up, a retiring
+            // one that feeds us goes on feeding us.
+            for &p in &self.upstreams {
+                if self.retiring.contains_key(&p) {
+                    push(p, &mut out);
+                }
+            }
+        }
         out
     }
 
@@ -557,6 +620,9 @@ impl<V: Verify> Relay<V> {
         if self.depth() != depth_before {
             // Neighbours choosing upstreams should know at once.
             self.next_heartbeat = now;
+        }
+        if !self.retiring.is_empty() {
+            self.retire_idle();
         }
     }
 

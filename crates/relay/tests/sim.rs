@@ -48,6 +48,10 @@ struct Net {
     root: PeerId,
     seq: u64,
     t0: Instant,
+    /// Links that come up later: (when, a, b).
+    pending_up: Vec<(Instant, PeerId, PeerId)>,
+    /// (peer, retired peer) for every link a relay retired (then closed).
+    retired: Vec<(PeerId, PeerId)>,
 }
 
 fn frame(seq: u64, kind: ChunkKind, flags: ChunkFlags, ts: u64) -> Bytes {
@@ -100,6 +104,8 @@ impl Net {
             root,
             seq: 0,
             t0: now,
+            pending_up: Vec::new(),
+            retired: Vec::new(),
         };
         // Every link comes up at once (WebRTC set-up is the driver's business).
         let pairs: Vec<(PeerId, PeerId)> = links
@@ -143,6 +149,14 @@ impl Net {
                 self.publish(frame(seq, ChunkKind::Media, flags, seq * 50));
                 self.seq += 1;
             }
+            // Links whose set-up finished.
+            let (ready, later): (Vec<_>, Vec<_>) =
+                self.pending_up.drain(..).partition(|(t, ..)| *t <= now);
+            self.pending_up = later;
+            for (_, a, b) in ready {
+                self.relays.get_mut(&a).unwrap().link_up(b, now);
+                self.relays.get_mut(&b).unwrap().link_up(a, now);
+            }
             // Deliver frames that arrived.
             let (arrived, rest): (Vec<_>, Vec<_>) =
                 self.in_flight.drain(..).partition(|(t, ..)| *t <= now);
@@ -155,6 +169,7 @@ impl Net {
                     r.handle_frame(from, f, now);
                 }
             }
+            let mut closed = Vec::new();
             for (&p, r) in self.relays.iter_mut() {
                 if self.dead.contains(&p) {
                     continue;
@@ -182,9 +197,34 @@ impl Net {
                         }
                         Output::Rejected { from, .. } => self.rejections.push((p, from)),
                         Output::LinkDead { .. } => {}
+                        Output::Retired { peer } => closed.push((p, peer)),
                     }
                 }
             }
+            // The driver closes a retired link: both ends see it go down.
+            for (a, b) in closed {
+                self.retired.push((a, b));
+                for (x, y) in [(a, b), (b, a)] {
+                    if let Some(r) = self.relays.get_mut(&x) {
+                        r.link_down(y, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The supervisor's reconfiguration reaches every peer in `changes` at
+    /// once; links it adds take `setup` to come up (WebRTC: ~0.6 s).
+    fn reconfigure(&mut self, changes: &[(PeerId, Links)], setup: Duration) {
+        let now = self.now;
+        for (p, links) in changes {
+            let r = self.relays.get_mut(p).unwrap();
+            for q in links.all_peers() {
+                if !r.is_up(&q) && *p < q {
+                    self.pending_up.push((now + setup, *p, q));
+                }
+            }
+            r.set_links(links.clone(), now);
         }
     }
 
@@ -364,4 +404,64 @@ fn a_list_survives_a_failure_in_the_middle() {
     let worst = net.check(120);
     println!("worst gap between deliveries: {worst:?}");
     assert!(worst <= Duration::from_millis(60), "worst gap {worst:?}");
+}
+
+#[test]
+fn a_moved_receiver_keeps_its_old_upstreams_until_the_new_links_are_up() {
+    let (root, ids, mut links) = tree(6);
+    let mut net = Net::new(TopologyKind::Tree, &links, root, 2);
+    net.run(Duration::from_secs(2));
+    // A repair moves ids[6] from under ids[2] (backup ids[1]) to under
+    // ids[3] (backup ids[4]): both of its new links take 600 ms to open.
+    let (moved, old_parent, old_backup) = (ids[6], ids[2], ids[1]);
+    let (new_parent, new_backup) = (ids[3], ids[4]);
+    let l = links.get_mut(&moved).unwrap();
+    assert_eq!(
+        (l.parents.clone(), l.backup_parents.clone()),
+        (vec![old_parent], vec![old_backup])
+    );
+    l.parents = vec![new_parent];
+    l.backup_parents = vec![new_backup];
+    links
+        .get_mut(&old_parent)
+        .unwrap()
+        .children
+        .retain(|p| *p != moved);
+    links
+        .get_mut(&old_backup)
+        .unwrap()
+        .backup_children
+        .retain(|p| *p != moved);
+    links.get_mut(&new_parent).unwrap().children.push(moved);
+    links
+        .get_mut(&new_backup)
+        .unwrap()
+        .backup_children
+        .push(moved);
+    let changes: Vec<(PeerId, Links)> = [moved, old_parent, old_backup, new_parent, new_backup]
+        .iter()
+        .map(|p| (*p, links[p].clone()))
+        .collect();
+    net.reconfigure(&changes, Duration::from_millis(600));
+    net.run(Duration::from_secs(5));
+    // Make before break: no pause beyond the source's 50 ms cadence.
+    let worst = net.check(120);
+    println!("worst gap between deliveries: {worst:?}");
+    assert!(worst <= Duration::from_millis(60), "worst gap {worst:?}");
+    // Then the old links were retired and closed, and the new ones feed it.
+    for old in [old_parent, old_backup] {
+        assert!(
+            net.retired
+                .iter()
+                .any(|&(a, b)| (a, b) == (moved, old) || (a, b) == (old, moved)),
+            "link {moved:?}-{old:?} not retired: {:?}",
+            net.retired
+        );
+        assert!(!net.relays[&moved].is_up(&old));
+    }
+    let mut ups = net.relays[&moved].upstreams().to_vec();
+    ups.sort();
+    let mut want = vec![new_parent, new_backup];
+    want.sort();
+    assert_eq!(ups, want);
 }
