@@ -314,6 +314,10 @@ pub async fn run(
     // asked for it.
     let mut joined_unix_us = u64::MAX;
     let mut last_delivery: Option<Instant> = None;
+    // The output gets whole clusters (and the whole init segment): a
+    // receiver stopped mid-cluster, or a hole that resumes at the next
+    // keyframe cluster, never leaves a torn cluster in the file.
+    let mut pending: Vec<u8> = Vec::new();
     let deadline = config.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ticks = 0u64;
@@ -367,6 +371,7 @@ pub async fn run(
                 qos.peer_id = peer_id;
                 joined_unix_us = u64::MAX;
                 last_delivery = None;
+                pending.clear();
             }
             // A rejoin starts again with the init segment, which the player
             // has already: the output continues with the next clusters.
@@ -396,14 +401,24 @@ pub async fn run(
                     s.deliver(&header, payload.clone());
                 }
                 if let Some(w) = writer.as_mut() {
-                    if let Err(e) = w.write_all(&payload).await {
-                        // A player that went away (broken pipe) ends the output, not the relay.
-                        warn!("output closed: {e}");
-                        writer = None;
+                    if header.flags.contains(ChunkFlags::CLUSTER_START) {
+                        pending.clear();
+                    }
+                    pending.extend_from_slice(&payload);
+                    if header.flags.contains(ChunkFlags::CLUSTER_END) {
+                        if let Err(e) = w.write_all(&pending).await {
+                            // A player that went away (broken pipe) ends the output, not the relay.
+                            warn!("output closed: {e}");
+                            writer = None;
+                        }
+                        pending.clear();
                     }
                 }
             }
-            Some(NodeEvent::Skipped { count, .. }) => qos.skipped += count,
+            Some(NodeEvent::Skipped { count, .. }) => {
+                qos.skipped += count;
+                pending.clear();
+            }
             Some(NodeEvent::Ended(reason)) => {
                 info!("stream ended: {reason}");
                 break Ok(());
