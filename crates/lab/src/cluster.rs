@@ -63,11 +63,21 @@ impl Bins {
         self.dir.join(name)
     }
 
-    fn command(&self, name: &str) -> Command {
+    fn command(&self, name: &str, log: &Option<String>) -> Command {
         let mut c = Command::new(self.path(name));
         c.stdin(Stdio::null()).kill_on_drop(true);
+        match log {
+            Some(filter) => c.env("RUST_LOG", filter),
+            None => c.env_remove("RUST_LOG"),
+        };
         c
     }
+}
+
+/// `RUST_LOG` for the lab's children: `LAB_CHILD_LOG` if set (the lab's own
+/// `RUST_LOG` is for the lab).
+pub fn child_log() -> Option<String> {
+    std::env::var("LAB_CHILD_LOG").ok()
 }
 
 /// Runs a short CLI step and fails with its stderr if it fails.
@@ -102,8 +112,9 @@ pub struct Settings {
     pub startup_ms: u64,
     /// Receivers write what they play to `rN.webm`.
     pub record: bool,
-    /// `RUST_LOG` for the children.
-    pub rust_log: String,
+    /// `RUST_LOG` for the children (`None`: each binary's own default,
+    /// warnings and errors without the WebRTC stack's chatter).
+    pub rust_log: Option<String>,
 }
 
 /// One receiver slot.
@@ -140,7 +151,7 @@ pub async fn ensure_identities(bins: &Bins, keys: &Path, receivers: usize) -> an
         if dir.join("peer.key").exists() {
             continue;
         }
-        let mut c = bins.command(bin);
+        let mut c = bins.command(bin, &None);
         c.arg("keygen").arg("--out").arg(&dir);
         step(c, &format!("{bin} keygen")).await?;
     }
@@ -159,24 +170,23 @@ impl Cluster {
     ) -> anyhow::Result<Self> {
         ensure_identities(bins, keys, settings.receivers).await?;
         let sup = dir.join("supervisor");
-        let mut c = bins.command("miostream-supervisor");
+        let mut c = bins.command("miostream-supervisor", &None);
         c.args(["init", "--listen", "127.0.0.1:0", "--dir"])
             .arg(&sup);
         step(c, "supervisor init").await?;
         let mut authorize = vec![(keys.join("b"), "broadcaster")];
         authorize.extend((0..settings.receivers).map(|i| (keys.join(format!("r{i}")), "receiver")));
         for (id, role) in &authorize {
-            let mut c = bins.command("miostream-supervisor");
+            let mut c = bins.command("miostream-supervisor", &None);
             c.args(["authorize", "--role", role, "--dir"])
                 .arg(&sup)
                 .arg(id.join("peer.pub"));
             step(c, "supervisor authorize").await?;
         }
 
-        let mut c = bins.command("miostream-supervisor");
+        let mut c = bins.command("miostream-supervisor", &settings.rust_log);
         c.args(["run", "--dir"])
             .arg(&sup)
-            .env("RUST_LOG", &settings.rust_log)
             .stdout(Stdio::piped())
             .stderr(log_file(&dir.join("supervisor.log"))?);
         let mut supervisor = c.spawn().context("cannot start the supervisor")?;
@@ -212,7 +222,7 @@ impl Cluster {
             None => None,
         };
 
-        let mut c = bins.command("miostream-broadcaster");
+        let mut c = bins.command("miostream-broadcaster", &settings.rust_log);
         c.arg("run")
             .args(["--supervisor", &url, "--stream", STREAM])
             .args(["--topology", &settings.topology])
@@ -224,7 +234,6 @@ impl Cluster {
             .arg("--input")
             .arg(&settings.input)
             .arg("--loop")
-            .env("RUST_LOG", &settings.rust_log)
             .stdout(Stdio::null())
             .stderr(log_file(&dir.join("broadcaster.log"))?);
         let broadcaster = c.spawn().context("cannot start the broadcaster")?;
@@ -259,7 +268,7 @@ impl Cluster {
                     tail(&self.dir.join("broadcaster.log"))
                 );
             }
-            let mut c = self.bins.command("miostream-receiver");
+            let mut c = self.bins.command("miostream-receiver", &None);
             c.args(["list", "--supervisor", &self.url])
                 .arg("--identity")
                 .arg(keys.join("r0"))
@@ -311,7 +320,9 @@ impl Cluster {
         let n = self.slots[slot].incarnations + 1;
         let summary = self.summary_path(slot, n);
         let log = self.dir.join(format!("r{slot}.{n}.log"));
-        let mut c = self.bins.command("miostream-receiver");
+        let mut c = self
+            .bins
+            .command("miostream-receiver", &self.settings.rust_log);
         c.arg("run")
             .args(["--supervisor", &self.url, "--stream", STREAM])
             .arg("--identity")
@@ -322,7 +333,6 @@ impl Cluster {
             .arg(&summary)
             .args(["--threshold", &self.settings.threshold.to_string()])
             .args(["--startup-ms", &self.settings.startup_ms.to_string()])
-            .env("RUST_LOG", &self.settings.rust_log)
             .stdout(Stdio::null())
             .stderr(log_file(&log)?);
         if self.settings.record {

@@ -62,7 +62,7 @@ pub async fn run(
         threshold: 1.0,
         startup_ms: 2000,
         record: true,
-        rust_log: std::env::var("LAB_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+        rust_log: crate::cluster::child_log(),
     };
     eprintln!(
         "== supervisor, broadcaster and {} receivers ({}, {}) in {}",

@@ -173,7 +173,7 @@ pub async fn run(
         threshold: e.threshold,
         startup_ms: e.startup_ms,
         record: false,
-        rust_log: std::env::var("LAB_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+        rust_log: crate::cluster::child_log(),
     };
     let mut cluster = Cluster::start(bins, work, keys, settings).await?;
     let outcome = measure(&mut cluster, e, failures_csv, stop, quiet).await;

@@ -24,6 +24,13 @@ pub use node::{
 };
 pub use session::{Session, SessionConfig, SessionEvent};
 
+/// `tracing` directives that quiet the WebRTC stack's own warnings (benign
+/// and frequent: ICE checks before candidates arrive, DTLS server names,
+/// writes to a closed link), keeping its errors. Binaries append them to
+/// their default filter; an explicit `RUST_LOG` replaces both.
+pub const QUIET_WEBRTC: &str = "webrtc=error,rtc=error,rtc_datachannel=error,rtc_dtls=error,\
+rtc_ice=error,rtc_mdns=error,rtc_sctp=error,rtc_stun=error,rtc_turn=error";
+
 /// An error chain as one line for a CLI's stderr: causes that the outer
 /// messages already quote are not repeated.
 pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {

@@ -13,7 +13,7 @@ use miostream_protocol::signal::ErrorCode;
 use miostream_protocol::{ComponentType, PeerId, PeerMessage, SupervisorMessage};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::client::{ClientError, SupervisorClient, SupervisorUrl};
 use crate::identity::{Identity, Trust};
@@ -128,7 +128,8 @@ async fn run(
             Err(e) => e,
         };
         if is_final(&ended) {
-            warn!("supervisor refused us: {ended}");
+            // Final: the node reports it (a CLI prints it as its one error line).
+            debug!("supervisor refused us: {ended}");
             let _ = events.send(SessionEvent::Failed(ended)).await;
             return;
         }
