@@ -95,7 +95,7 @@ fn assert_stream_from_join_point(
 async fn receivers_play_exactly_the_broadcast_stream_in_each_topology() {
     let tmp = tempfile::tempdir().unwrap();
     let (input, init, clusters) = short_input(tmp.path(), 6);
-    let receivers = 4;
+    let receivers = 10;
     let ids: Vec<usize> = (1..=receivers).collect();
     for topology in [TopologyKind::List, TopologyKind::Tree, TopologyKind::Mesh] {
         let mut authorized = ids.clone();

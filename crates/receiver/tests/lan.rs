@@ -136,6 +136,17 @@ async fn a_receiver_on_another_host_lists_streams_over_tls() {
         err.contains("not authorized") && err.trim().lines().count() == 1,
         "{err}"
     );
+    // Nor can it join the stream.
+    let mut run_args = list_args(&stranger);
+    run_args[0] = "run".into();
+    run_args.extend(["--stream", "lan-cam", "--duration", "5"].map(String::from));
+    let out = in_host(&host, run_args).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not authorized") && err.trim().lines().count() == 1,
+        "{err}"
+    );
 
     b.close().await;
     let _ = stop.send(());

@@ -266,9 +266,14 @@ mod tests {
         assert!(PAGES.dashboard.contains("nonce=\"{{NONCE}}\""));
         assert!(PAGES.login.contains("{{MESSAGE}}"));
         assert!(!PAGES.dashboard.contains("innerHTML"));
-        // Self-contained: nothing loaded from elsewhere.
+        // Self-contained: nothing loaded from elsewhere (the one link is an
+        // empty inline icon, so browsers do not ask for /favicon.ico).
         for page in [PAGES.dashboard, PAGES.login] {
-            assert!(!page.contains("src=") && !page.contains("<link"));
+            assert!(!page.contains("src="));
+            assert_eq!(
+                page.matches("<link").count(),
+                page.matches(r#"<link rel="icon" href="data:,">"#).count()
+            );
         }
         assert_ne!(nonce(), nonce());
     }
