@@ -115,7 +115,7 @@ impl LiveServer {
         self.addr
     }
 
-    /// The number of connected players, as it changes.
+    /// The number of players receiving the live stream, as it changes.
     pub fn clients(&self) -> watch::Receiver<usize> {
         self.clients.clone()
     }
@@ -208,9 +208,7 @@ async fn accept_loop(
                         let _ = busy(stream).await;
                         return;
                     };
-                    count.send_modify(|n| *n += 1);
-                    let result = client(stream, &shared, config.write_timeout).await;
-                    count.send_modify(|n| *n = n.saturating_sub(1));
+                    let result = client(stream, &shared, &count, config.write_timeout).await;
                     if let Err(e) = result {
                         debug!(%peer, "player left: {e}");
                     }
@@ -242,9 +240,27 @@ async fn write(stream: &mut TcpStream, bytes: &[u8], timeout: Duration) -> std::
     }
 }
 
+/// Counts a player in [`LiveServer::clients`] while it is subscribed to
+/// the live stream (from the moment it gets every new cluster).
+struct Counted<'a>(&'a watch::Sender<usize>);
+
+impl<'a> Counted<'a> {
+    fn new(count: &'a watch::Sender<usize>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Self(count)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 async fn client(
     mut stream: TcpStream,
     shared: &Mutex<Shared>,
+    count: &watch::Sender<usize>,
     timeout: Duration,
 ) -> std::io::Result<()> {
     // The request head, bounded; any GET (any path) gets the stream.
@@ -284,6 +300,7 @@ async fn client(
             s.backlog.clone(),
         )
     };
+    let _counted = Counted::new(count);
     let mut sent_init = init.is_some();
     if let Some(init) = init {
         write(&mut stream, &init, timeout).await?;
