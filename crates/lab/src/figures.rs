@@ -232,6 +232,21 @@ pub fn draw_all(points: &[Point], dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         "stalled ms per peer",
         across(|p| p.stall_ms),
     )?;
+    // The same beside the paper's figures (§4.4 gives its values at 0 and
+    // 5 failures/s; the paper's line joins those two).
+    let mut versus = across(|p| p.stall_ms);
+    for (t, paper0, paper5) in crate::sweep::PAPER_STALL_MS {
+        if topologies.contains(&t) {
+            versus.push((format!("paper {t}"), vec![(0.0, paper0), (5.0, paper5)]));
+        }
+    }
+    draw(
+        "versus_paper_stall_time.svg",
+        "uniform failures, 83 receivers: stalled ms per peer, ours vs the paper",
+        "failures per second",
+        "stalled ms per peer per minute",
+        versus,
+    )?;
     draw(
         "topologies_stall_count.svg",
         "uniform failures: stalls per peer",
