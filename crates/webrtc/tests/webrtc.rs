@@ -149,12 +149,24 @@ async fn next(h: &mut NodeHandle) -> NodeEvent {
 /// Every survivor starts at a keyframe and then misses nothing: its new
 /// upstream (already a hot standby, or asked for the gap) fills in.
 async fn kill_a_relay(topology: TopologyKind, receivers: usize, victim: usize) {
+    stream_through(topology, receivers, Some(victim), false).await
+}
+
+/// [`kill_a_relay`]'s stream; at 3 s it kills receiver `victim` and/or
+/// restarts the supervisor (peers reconnect and re-register while the
+/// chunks keep flowing peer to peer).
+async fn stream_through(
+    topology: TopologyKind,
+    receivers: usize,
+    victim: Option<usize>,
+    restart_supervisor: bool,
+) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
     let ids: Vec<usize> = (1..=receivers).collect();
-    let sup = TestSupervisor::start(&[0], &ids, |_| {}).await;
+    let mut sup = TestSupervisor::start(&[0], &ids, |_| {}).await;
     let mut b = node(
         &sup,
         0,
@@ -182,8 +194,13 @@ async fn kill_a_relay(topology: TopologyKind, receivers: usize, victim: usize) {
     for seq in 0..=last {
         b.publish.send(chunk(stream, seq)).await.unwrap();
         if seq == 150 {
-            rs.remove(victim).kill();
-            deliveries.remove(victim).abort();
+            if let Some(victim) = victim {
+                rs.remove(victim).kill();
+                deliveries.remove(victim).abort();
+            }
+            if restart_supervisor {
+                sup.restart().await;
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await; // the source's pace
     }
@@ -212,7 +229,14 @@ async fn kill_a_relay(topology: TopologyKind, receivers: usize, victim: usize) {
     }
     // A figure, not an assertion: the longest pause in delivery at any
     // survivor around the failure (chunks are sent every 20 ms).
-    eprintln!("{topology}: longest pause in delivery at a survivor after seq 100: {worst_pause:?}");
+    let what = if restart_supervisor {
+        " (supervisor restarted)"
+    } else {
+        ""
+    };
+    eprintln!(
+        "{topology}{what}: longest pause in delivery at a survivor after seq 100: {worst_pause:?}"
+    );
     for r in rs {
         r.stop().await;
     }
@@ -257,6 +281,11 @@ async fn a_tree_over_webrtc_delivers_every_chunk_even_when_an_inner_relay_dies()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_over_webrtc_delivers_every_chunk_when_a_node_in_the_middle_dies() {
     kill_a_relay(TopologyKind::List, 5, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_restart_mid_stream_interrupts_no_delivery_over_webrtc() {
+    stream_through(TopologyKind::Tree, 5, None, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
