@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use miostream_media::{PlaybackModel, PlaybackStats};
+use miostream_media::{PlaybackModel, PlaybackStats, Reassembler, ReassemblyConfig};
+use miostream_media_io::StreamWriter;
 use miostream_peer::{
     integrity_check, spawn_node, Identity, NodeConfig, NodeEvent, NodeHandle, SessionConfig,
     SupervisorUrl, Trust,
@@ -18,7 +19,6 @@ use miostream_protocol::{ChunkFlags, ChunkKind, ComponentType, PeerId, PeerMessa
 use miostream_relay::{RelayConfig, RelayStats};
 use miostream_webrtc::WebRtcConfig;
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 use tracing::{info, warn};
 
 pub mod serve;
@@ -274,15 +274,17 @@ pub async fn run(
             .await
             .with_context(|| format!("no route to {}", config.supervisor))?,
     };
-    let mut writer: Option<Box<dyn tokio::io::AsyncWrite + Unpin + Send>> = match &config.out {
+    // The output gets the fixed-up init segment, then whole clusters from
+    // a keyframe on: a receiver stopped mid-cluster, or a hole, never leaves
+    // a torn cluster in the file.
+    let mut writer = match &config.out {
         Output::Discard => None,
-        Output::Stdout => Some(Box::new(tokio::io::stdout())),
-        Output::File(p) => Some(Box::new(
-            tokio::fs::File::create(p)
-                .await
-                .with_context(|| format!("cannot create {}", p.display()))?,
-        )),
+        Output::Stdout => Some(StreamWriter::stdout()),
+        Output::File(p) => Some(StreamWriter::create(p).await?),
     };
+    let mut reassembler = Reassembler::new(ReassemblyConfig::default());
+    // After a rejoin, the new incarnation starts at a later keyframe.
+    let mut resync = false;
     let server = match config.serve {
         Some(addr) => Some(
             serve::Server::bind(addr)
@@ -314,10 +316,6 @@ pub async fn run(
     // asked for it.
     let mut joined_unix_us = u64::MAX;
     let mut last_delivery: Option<Instant> = None;
-    // The output gets whole clusters (and the whole init segment): a
-    // receiver stopped mid-cluster, or a hole that resumes at the next
-    // keyframe cluster, never leaves a torn cluster in the file.
-    let mut pending: Vec<u8> = Vec::new();
     let deadline = config.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ticks = 0u64;
@@ -371,7 +369,7 @@ pub async fn run(
                 qos.peer_id = peer_id;
                 joined_unix_us = u64::MAX;
                 last_delivery = None;
-                pending.clear();
+                resync = true;
             }
             // A rejoin starts again with the init segment, which the player
             // has already: the output continues with the next clusters.
@@ -401,23 +399,23 @@ pub async fn run(
                     s.deliver(&header, payload.clone());
                 }
                 if let Some(w) = writer.as_mut() {
-                    if header.flags.contains(ChunkFlags::CLUSTER_START) {
-                        pending.clear();
+                    if resync && header.kind == ChunkKind::Media {
+                        resync = false;
+                        reassembler.skip_to(header.seq);
                     }
-                    pending.extend_from_slice(&payload);
-                    if header.flags.contains(ChunkFlags::CLUSTER_END) {
-                        if let Err(e) = w.write_all(&pending).await {
+                    for piece in reassembler.push(&header, &payload) {
+                        if let Err(e) = w.write(&piece).await {
                             // A player that went away (broken pipe) ends the output, not the relay.
                             warn!("output closed: {e}");
                             writer = None;
+                            break;
                         }
-                        pending.clear();
                     }
                 }
             }
-            Some(NodeEvent::Skipped { count, .. }) => {
+            Some(NodeEvent::Skipped { first, count }) => {
                 qos.skipped += count;
-                pending.clear();
+                reassembler.skip_to(first + count);
             }
             Some(NodeEvent::Ended(reason)) => {
                 info!("stream ended: {reason}");

@@ -199,8 +199,7 @@ impl<V: Verify> Relay<V> {
         self.subscribers.retain(keep);
         self.upstreams.retain(keep);
         self.links = links;
-        self.refresh_upstreams(now);
-        self.retire_idle();
+        self.refresh_upstreams(now); // also retires what is idle
     }
 
     /// Whether the link to `peer` is up.
