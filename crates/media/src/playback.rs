@@ -1,8 +1,10 @@
 //! The playback model: what the paper's "stalled" and "stall time" mean,
 //! made exact, with the clock passed in.
 //!
-//! A player buffers `startup` of media before it starts; then its media clock
-//! runs at real time. Media is *available* up to the end of the newest
+//! A player buffers `startup` of media before it starts, or waits `startup`
+//! of wall time, whichever comes first (at the live edge the buffer may
+//! never reach `startup`: a player never waits forever); then its media
+//! clock runs at real time. Media is *available* up to the end of the newest
 //! cluster that is complete and contiguous with what played. When the clock
 //! reaches the end of the available media the player stalls; it resumes
 //! once `resume` of media is buffered again. A cluster's duration is the gap
@@ -95,12 +97,24 @@ impl PlaybackModel {
         match self.state {
             State::Idle => {}
             State::Starting { since } => {
-                if avail.saturating_sub(first) >= self.startup.as_millis() as u64 {
-                    self.stats.startup_ms = now.saturating_duration_since(since).as_millis() as u64;
+                let deadline = since + self.startup;
+                let start = if now >= deadline {
+                    // Waited long enough: play what there is (the buffer
+                    // did not fill by the deadline, or it would have
+                    // started at that earlier call).
+                    Some(deadline)
+                } else if avail.saturating_sub(first) >= self.startup.as_millis() as u64 {
+                    Some(now)
+                } else {
+                    None
+                };
+                if let Some(at) = start {
+                    self.stats.startup_ms = at.saturating_duration_since(since).as_millis() as u64;
                     self.state = State::Playing {
-                        wall_at: now,
+                        wall_at: at,
                         media_at: first,
                     };
+                    self.advance(now);
                 }
             }
             State::Playing { wall_at, media_at } => {
@@ -235,6 +249,23 @@ mod tests {
         let s = m.stats(t0 + 900 * MS);
         assert_eq!(s.startup_ms, 800);
         assert_eq!(s.stalls, 0);
+    }
+
+    #[test]
+    fn startup_never_waits_forever_at_the_live_edge() {
+        let t0 = Instant::now();
+        let mut m = PlaybackModel::new(Duration::from_millis(2000), Duration::from_millis(1000));
+        // One cluster, then none for a while (a hole upstream): the buffer
+        // holds 1 s, never the 2 s asked for.
+        m.cluster_complete(0, t0 + 900 * MS);
+        assert!(!m.started());
+        let s = m.stats(t0 + 5000 * MS);
+        assert!(m.started(), "started once the startup time had passed");
+        assert_eq!(s.startup_ms, 2000);
+        // It played the second it had, then stalled.
+        assert_eq!(s.played_ms, 1000);
+        assert_eq!(s.stalls, 1);
+        assert_eq!(s.startup_ms + s.played_ms + s.stall_ms, 5000 - 900);
     }
 
     /// Every millisecond after the first cluster is exactly one of startup,

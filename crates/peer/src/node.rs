@@ -533,12 +533,16 @@ impl Node {
                     let _ = self.events.send(NodeEvent::Skipped { first, count }).await;
                 }
                 Output::Rejected { from, seq, reason } => {
-                    warn!(%from, ?seq, "rejected a chunk: {reason}");
+                    warn!(%from, seq, "rejected a chunk: {reason}");
                     self.tell_supervisor(PeerMessage::ReportBadChunk {
                         upstream: from,
-                        seq: seq.unwrap_or(0),
+                        seq,
                         reason,
                     });
+                }
+                Output::Garbage { peer, reason } => {
+                    warn!(%peer, "closing a link that sends garbage: {reason}");
+                    self.control(TransportCommand::Close { peer });
                 }
                 Output::LinkDead { peer } => {
                     info!(%peer, "link dead (missed heartbeats)");

@@ -21,7 +21,7 @@
 mod relay;
 mod store;
 
-pub use relay::{Relay, RelayStats};
+pub use relay::{Relay, RelayStats, GARBAGE_ALLOWANCE};
 pub use store::ChunkStore;
 
 use std::time::Duration;
@@ -34,8 +34,18 @@ use miostream_protocol::{ChunkHeader, ChunkRef, PeerId};
 pub struct RelayConfig {
     /// A heartbeat goes out on every link this often.
     pub heartbeat_interval: Duration,
-    /// A link silent for this long is dead.
+    /// A link silent for this long is dead when its frames arrive steadily:
+    /// the floor of the adaptive timeout, which grows with the jitter a
+    /// link shows (a starved sender or a busy network) up to
+    /// `max_link_timeout`.
     pub link_timeout: Duration,
+    /// The ceiling of the adaptive link timeout.
+    pub max_link_timeout: Duration,
+    /// An upstream whose copies arrive later than another upstream's by
+    /// more than this (smoothed) is dropped as lagging.
+    pub max_lag: Duration,
+    /// How long a lagging upstream stays out of the choice.
+    pub lag_penalty: Duration,
     /// Media kept for late joiners and gap fill (by media timestamp).
     pub buffer: Duration,
     /// Hard cap on buffered chunks.
@@ -56,7 +66,11 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             heartbeat_interval: Duration::from_millis(50),
-            link_timeout: Duration::from_millis(250),
+            // A death on an idle LAN is noticed within 200 ms.
+            link_timeout: Duration::from_millis(200),
+            max_link_timeout: Duration::from_secs(2),
+            max_lag: Duration::from_millis(400),
+            lag_penalty: Duration::from_secs(10),
             buffer: Duration::from_secs(8),
             max_buffered_chunks: 8192,
             redundancy: 2,
@@ -67,15 +81,33 @@ impl Default for RelayConfig {
     }
 }
 
+/// Why the caller's check refused a chunk.
+///
+/// Only [`Refusal::Forged`] costs the sender anything: congestion (late
+/// copies, replays of what was accepted, chunks outside the replay window)
+/// must never look like forgery, or a slow honest relay gets cut out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A cryptographic failure on a chunk whose sequence number has not been
+    /// accepted yet (bad tag or signature): dropped, and its sender reported.
+    Forged(String),
+    /// A sequence number accepted already, or too old to tell: a late copy,
+    /// counted as a duplicate.
+    Replayed,
+    /// The chunk cannot be checked here (e.g. unusable stream keys): dropped,
+    /// nobody reported.
+    Unchecked(String),
+}
+
 /// The caller's integrity check, run on every new chunk before it is stored,
 /// delivered or forwarded.
 pub trait Verify {
-    /// `Err(reason)` drops the chunk and reports its sender.
-    fn verify(&mut self, chunk: &ChunkRef<'_>) -> Result<(), String>;
+    /// `Err` drops the chunk; see [`Refusal`] for what follows.
+    fn verify(&mut self, chunk: &ChunkRef<'_>) -> Result<(), Refusal>;
 }
 
 impl Verify for Box<dyn Verify + Send> {
-    fn verify(&mut self, chunk: &ChunkRef<'_>) -> Result<(), String> {
+    fn verify(&mut self, chunk: &ChunkRef<'_>) -> Result<(), Refusal> {
         (**self).verify(chunk)
     }
 }
@@ -85,7 +117,7 @@ impl Verify for Box<dyn Verify + Send> {
 pub struct AcceptAll;
 
 impl Verify for AcceptAll {
-    fn verify(&mut self, _: &ChunkRef<'_>) -> Result<(), String> {
+    fn verify(&mut self, _: &ChunkRef<'_>) -> Result<(), Refusal> {
         Ok(())
     }
 }
@@ -114,13 +146,24 @@ pub enum Output {
         /// How many.
         count: u64,
     },
-    /// A chunk from `from` failed verification or was malformed: report it.
+    /// A chunk from `from` failed a cryptographic check (or belongs to
+    /// another stream): report its sender.
     Rejected {
         /// The peer that sent it.
         from: PeerId,
-        /// Its sequence number, if it could be read.
-        seq: Option<u64>,
+        /// Its sequence number.
+        seq: u64,
         /// Why.
+        reason: String,
+    },
+    /// The link to `peer` carried frames that are not ours to read
+    /// (undecodable, or control frames of another stream) past a small
+    /// allowance: the driver should close it. Garbage is never reported as
+    /// forgery.
+    Garbage {
+        /// The sender.
+        peer: PeerId,
+        /// The last reason.
         reason: String,
     },
     /// A link missed its heartbeats: the driver should close it (and may tell

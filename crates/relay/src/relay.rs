@@ -11,12 +11,19 @@ use miostream_protocol::{
 };
 
 use crate::store::ChunkStore;
-use crate::{Output, RelayConfig, Verify};
+use crate::{Output, Refusal, RelayConfig, Verify};
 
 /// Depth advertised by a peer that is not fed.
 const UNREACHABLE: u16 = u16::MAX;
 /// Depths at or beyond this count as unreachable (ends count-to-infinity).
 const MAX_DEPTH: u16 = 64;
+/// Frames a link may carry that are not ours to read (undecodable, or
+/// control frames of another stream) before it is closed as garbage.
+pub const GARBAGE_ALLOWANCE: u32 = 3;
+/// First arrivals remembered, to measure how late each upstream's copies are.
+const ARRIVALS_KEPT: usize = 512;
+/// Copies an upstream must have sent before its lag is judged.
+const LAG_SAMPLES: u32 = 8;
 
 /// Counters for the receiver summary and the monitor.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -39,12 +46,62 @@ pub struct RelayStats {
     pub upstream_changes: u64,
     /// Links declared dead by missed heartbeats.
     pub dead_links: u64,
+    /// Frames that were not ours to read (undecodable, foreign control frames).
+    pub garbage: u64,
+    /// Upstreams dropped because their copies came later than the others' by
+    /// more than [`RelayConfig::max_lag`].
+    pub lagging_upstreams: u64,
+    /// Times our own timers fired so late that we, not our links, were
+    /// stalled: no link was declared dead for that silence.
+    pub local_stalls: u64,
 }
 
+/// One live link, and what we learn from what it sends.
 #[derive(Debug)]
 struct Link {
     last_heard: Instant,
     depth: u16,
+    /// Smoothed gap between frames heard (µs), and its mean deviation: the
+    /// link's timeout adapts to them (as TCP's RTO adapts to the RTT).
+    gap_us: f64,
+    gap_dev_us: f64,
+    /// Smoothed lateness of this upstream's copies behind the first copy (µs).
+    lag_us: f64,
+    lag_samples: u32,
+    garbage: u32,
+}
+
+impl Link {
+    fn new(now: Instant, heartbeat: std::time::Duration) -> Self {
+        let hb = heartbeat.as_micros() as f64;
+        Self {
+            last_heard: now,
+            depth: UNREACHABLE,
+            gap_us: hb,
+            gap_dev_us: hb / 4.0,
+            lag_us: 0.0,
+            lag_samples: 0,
+            garbage: 0,
+        }
+    }
+
+    fn heard(&mut self, now: Instant) {
+        let gap = now.saturating_duration_since(self.last_heard).as_micros() as f64;
+        let err = gap - self.gap_us;
+        self.gap_us += err / 8.0;
+        self.gap_dev_us += (err.abs() - self.gap_dev_us) / 4.0;
+        self.last_heard = now;
+    }
+
+    /// Silence after which this link is dead: four deviations beyond the
+    /// usual gap plus one heartbeat interval, within the configured bounds.
+    fn timeout(&self, config: &RelayConfig) -> std::time::Duration {
+        let us = self.gap_us + 4.0 * self.gap_dev_us + config.heartbeat_interval.as_micros() as f64;
+        std::time::Duration::from_micros(us.max(0.0) as u64).clamp(
+            config.link_timeout,
+            config.max_link_timeout.max(config.link_timeout),
+        )
+    }
 }
 
 #[derive(Debug)]
@@ -79,6 +136,20 @@ pub struct Relay<V> {
     hole: Option<Hole>,
     heartbeat_counter: u64,
     next_heartbeat: Instant,
+    /// When the timers last ran, to tell our own stalls from our links'.
+    last_tick: Instant,
+    /// No link is declared dead before this (we were stalled ourselves).
+    liveness_grace: Option<Instant>,
+    /// Upstreams whose copies lagged, excluded until then.
+    lagging: HashMap<PeerId, Instant>,
+    /// When each recent sequence number first arrived.
+    arrivals: VecDeque<(u64, Instant)>,
+    /// When we last asked for the init segment we lack.
+    init_asked: Option<Instant>,
+    /// What recently closed links taught us about their peers' timing
+    /// (smoothed gap and deviation, µs), so a link that flaps and comes back
+    /// starts from what it showed, not from an idle LAN's.
+    gap_history: HashMap<PeerId, (f64, f64)>,
     epoch: Instant,
     out: VecDeque<Output>,
     stats: RelayStats,
@@ -124,6 +195,12 @@ impl<V: Verify> Relay<V> {
             source,
             kind,
             next_heartbeat: now,
+            last_tick: now,
+            liveness_grace: None,
+            lagging: HashMap::new(),
+            arrivals: VecDeque::new(),
+            init_asked: None,
+            gap_history: HashMap::new(),
             epoch: now,
             config,
             verify,
@@ -227,13 +304,11 @@ impl<V: Verify> Relay<V> {
         // may have forgotten our subscription, and we theirs.
         self.subscribers.remove(&peer);
         self.upstreams.retain(|p| *p != peer);
-        self.up.insert(
-            peer,
-            Link {
-                last_heard: now,
-                depth: UNREACHABLE,
-            },
-        );
+        let mut link = Link::new(now, self.config.heartbeat_interval);
+        if let Some(&(gap, dev)) = self.gap_history.get(&peer) {
+            (link.gap_us, link.gap_dev_us) = (gap, dev);
+        }
+        self.up.insert(peer, link);
         // Tell it our depth at once: it may be choosing upstreams.
         let hb = self.heartbeat_frame(now);
         self.out.push_back(Output::Send {
@@ -246,7 +321,14 @@ impl<V: Verify> Relay<V> {
     /// The data channel to `peer` closed or failed.
     pub fn link_down(&mut self, peer: PeerId, now: Instant) {
         self.retiring.remove(&peer);
-        if self.up.remove(&peer).is_some() {
+        if let Some(mut link) = self.up.remove(&peer) {
+            // The silence that ended it is a sample too.
+            link.heard(now);
+            if self.gap_history.len() >= 1024 {
+                self.gap_history.clear();
+            }
+            self.gap_history
+                .insert(peer, (link.gap_us, link.gap_dev_us));
             self.subscribers.remove(&peer);
             self.upstreams.retain(|p| *p != peer);
             self.refresh_upstreams(now);
@@ -272,16 +354,11 @@ impl<V: Verify> Relay<V> {
         let Some(link) = self.up.get_mut(&from) else {
             return; // not a live link of ours
         };
-        link.last_heard = now;
+        link.heard(now);
         let decoded = match FrameRef::decode(&frame) {
             Ok(f) => f,
             Err(e) => {
-                self.stats.rejected += 1;
-                self.out.push_back(Output::Rejected {
-                    from,
-                    seq: None,
-                    reason: e.to_string(),
-                });
+                self.garbage(from, e.to_string());
                 return;
             }
         };
@@ -298,32 +375,40 @@ impl<V: Verify> Relay<V> {
                 if header.stream != self.stream {
                     self.reject(
                         from,
-                        Some(header.seq),
+                        header.seq,
                         format!("chunk of {:?}, not {:?}", header.stream, self.stream),
                     );
                     return;
                 }
-                if let Some((_, held)) = self.store.get(header.seq) {
-                    // A copy that differs from ours is checked, so a forger
-                    // racing an honest upstream is still caught.
-                    if *held != frame {
-                        if let Err(reason) = self.verify.verify(&chunk) {
-                            self.reject(from, Some(header.seq), reason);
-                            return;
-                        }
-                    }
-                    self.stats.duplicates += 1;
-                    return;
-                }
+                // A copy of what we accepted already is a duplicate, whatever
+                // its bytes: only a chunk we have not accepted can be forged
+                // (congestion makes late copies; it never makes forgers).
                 let stale = header.kind == ChunkKind::Media
                     && self.next_deliver.is_some_and(|n| header.seq < n);
-                if stale {
-                    self.stats.duplicates += 1;
+                if stale || self.store.contains(header.seq) {
+                    self.duplicate(from, header.seq, now);
                     return;
                 }
-                if let Err(reason) = self.verify.verify(&chunk) {
-                    self.reject(from, Some(header.seq), reason);
-                    return;
+                match self.verify.verify(&chunk) {
+                    Ok(()) => {}
+                    Err(Refusal::Forged(reason)) => {
+                        self.reject(from, header.seq, reason);
+                        return;
+                    }
+                    Err(Refusal::Replayed) => {
+                        self.duplicate(from, header.seq, now);
+                        return;
+                    }
+                    Err(Refusal::Unchecked(_)) => {
+                        // Our own problem (e.g. unusable keys; the driver
+                        // says so): nobody is reported.
+                        self.stats.rejected += 1;
+                        return;
+                    }
+                }
+                self.arrivals.push_back((header.seq, now));
+                if self.arrivals.len() > ARRIVALS_KEPT {
+                    self.arrivals.pop_front();
                 }
                 self.stats.chunks_received += 1;
                 self.stats.bytes_received += chunk.payload.len() as u64;
@@ -364,7 +449,7 @@ impl<V: Verify> Relay<V> {
             FrameRef::Subscribe { .. }
             | FrameRef::Unsubscribe { .. }
             | FrameRef::GapRequest { .. } => {
-                self.reject(from, None, "control frame for another stream".into());
+                self.garbage(from, "control frame for another stream".into());
             }
         }
     }
@@ -372,12 +457,31 @@ impl<V: Verify> Relay<V> {
     /// Runs timers: heartbeats, dead links, hole repair. Call at
     /// [`poll_timeout`](Self::poll_timeout) or later.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let dead: Vec<PeerId> = self
-            .up
-            .iter()
-            .filter(|(_, l)| now.saturating_duration_since(l.last_heard) > self.config.link_timeout)
-            .map(|(p, _)| *p)
-            .collect();
+        // Timers are due at least every heartbeat interval. Running much
+        // later means this host was starved (CPU, a stopped process): the
+        // frames our links sent meanwhile may be queued unread, so their
+        // silence is ours. Give them a full timeout to be heard again.
+        let late = now.saturating_duration_since(self.last_tick);
+        if late > self.config.heartbeat_interval * 3 {
+            self.stats.local_stalls += 1;
+            self.liveness_grace = Some(now + self.config.link_timeout);
+        }
+        self.last_tick = now;
+        if self.liveness_grace.is_some_and(|g| now >= g) {
+            self.liveness_grace = None;
+        }
+        self.lagging.retain(|_, until| *until > now);
+        let dead: Vec<PeerId> = if self.liveness_grace.is_some() {
+            Vec::new()
+        } else {
+            self.up
+                .iter()
+                .filter(|(_, l)| {
+                    now.saturating_duration_since(l.last_heard) > l.timeout(&self.config)
+                })
+                .map(|(p, _)| *p)
+                .collect()
+        };
         for peer in dead {
             self.stats.dead_links += 1;
             self.out.push_back(Output::LinkDead { peer });
@@ -409,13 +513,19 @@ impl<V: Verify> Relay<V> {
             self.next_heartbeat = now + self.config.heartbeat_interval;
         }
         self.repair_hole(now);
+        self.ask_for_init(now);
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
     pub fn poll_timeout(&self) -> Instant {
         let mut t = self.next_heartbeat;
-        for l in self.up.values() {
-            t = t.min(l.last_heard + self.config.link_timeout);
+        match self.liveness_grace {
+            Some(grace) => t = t.min(grace),
+            None => {
+                for l in self.up.values() {
+                    t = t.min(l.last_heard + l.timeout(&self.config));
+                }
+            }
         }
         for &deadline in self.retiring.values() {
             t = t.min(deadline);
@@ -432,9 +542,95 @@ impl<V: Verify> Relay<V> {
         self.out.pop_front()
     }
 
-    fn reject(&mut self, from: PeerId, seq: Option<u64>, reason: String) {
+    fn reject(&mut self, from: PeerId, seq: u64, reason: String) {
         self.stats.rejected += 1;
         self.out.push_back(Output::Rejected { from, seq, reason });
+    }
+
+    /// A frame from `from` that is not ours to read: counted, and past
+    /// [`GARBAGE_ALLOWANCE`] the link goes.
+    fn garbage(&mut self, from: PeerId, reason: String) {
+        self.stats.garbage += 1;
+        if let Some(link) = self.up.get_mut(&from) {
+            link.garbage += 1;
+            if link.garbage == GARBAGE_ALLOWANCE {
+                self.out.push_back(Output::Garbage { peer: from, reason });
+            }
+        }
+    }
+
+    /// A copy of chunk `seq` we hold already. If it came from an upstream,
+    /// how late it is behind the first copy tells whether that upstream
+    /// keeps up; one that lags by more than [`RelayConfig::max_lag`] is
+    /// dropped for [`RelayConfig::lag_penalty`] (its uplink is congested, or
+    /// it is fed late itself), so no receiver drifts behind live.
+    fn duplicate(&mut self, from: PeerId, seq: u64, now: Instant) {
+        self.stats.duplicates += 1;
+        if !self.upstreams.contains(&from) {
+            return;
+        }
+        let Some(first) = self
+            .arrivals
+            .iter()
+            .rev()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, t)| *t)
+        else {
+            return;
+        };
+        let Some(link) = self.up.get_mut(&from) else {
+            return;
+        };
+        let lag = now.saturating_duration_since(first).as_micros() as f64;
+        if link.lag_samples == 0 {
+            link.lag_us = lag;
+        }
+        link.lag_us += (lag - link.lag_us) / 8.0;
+        link.lag_samples = link.lag_samples.saturating_add(1);
+        let lagging =
+            link.lag_samples >= LAG_SAMPLES && link.lag_us > self.config.max_lag.as_micros() as f64;
+        if lagging && self.upstreams.len() > 1 {
+            link.lag_us = 0.0;
+            link.lag_samples = 0;
+            self.stats.lagging_upstreams += 1;
+            self.lagging.insert(from, now + self.config.lag_penalty);
+            self.refresh_upstreams(now);
+        }
+    }
+
+    /// Media flows but the init segment never came (a dropped frame, or an
+    /// upstream that had none yet when we subscribed): ask again, without
+    /// replaying media.
+    fn ask_for_init(&mut self, now: Instant) {
+        if self.source || self.store.has_init() || self.store.is_empty() {
+            return;
+        }
+        if self
+            .init_asked
+            .is_some_and(|t| now.saturating_duration_since(t) < self.config.gap_timeout * 2)
+        {
+            return;
+        }
+        let Some(&to) = self.upstreams.first() else {
+            return;
+        };
+        self.init_asked = Some(now);
+        let after = self
+            .store
+            .media_from(0)
+            .last()
+            .map_or(0, |(h, _)| h.seq + 1);
+        let frame = Frame::Subscribe {
+            stream: self.stream,
+            from: after,
+            flags: SubscribeFlags::NEED_INIT,
+        }
+        .encode()
+        .unwrap_or_default();
+        self.out.push_back(Output::Send {
+            to,
+            frame: Bytes::from(frame),
+        });
     }
 
     fn heartbeat_frame(&mut self, now: Instant) -> Bytes {
@@ -485,8 +681,12 @@ impl<V: Verify> Relay<V> {
 
     /// Upstream candidates in order of preference (live links only).
     fn candidates(&self) -> Vec<PeerId> {
-        let live =
-            |p: &PeerId| self.up.contains_key(p) && !self.subscribers.contains(p) && *p != self.me;
+        let live = |p: &PeerId| {
+            self.up.contains_key(p)
+                && !self.subscribers.contains(p)
+                && !self.lagging.contains_key(p)
+                && *p != self.me
+        };
         let mut out: Vec<PeerId> = Vec::new();
         let push = |p: PeerId, out: &mut Vec<PeerId>| {
             if live(&p) && !out.contains(&p) {

@@ -12,7 +12,7 @@ use miostream_protocol::signal::Links;
 use miostream_protocol::{
     Chunk, ChunkFlags, ChunkHeader, ChunkKind, PeerId, StreamId, TopologyKind,
 };
-use miostream_relay::{Output, Relay, RelayConfig, Verify};
+use miostream_relay::{Output, Refusal, Relay, RelayConfig, Verify};
 
 /// Stands in for the integrity check: a genuine chunk's payload is its
 /// sequence number's low byte, repeated.
@@ -20,12 +20,15 @@ use miostream_relay::{Output, Relay, RelayConfig, Verify};
 struct PayloadCheck;
 
 impl Verify for PayloadCheck {
-    fn verify(&mut self, chunk: &miostream_protocol::ChunkRef<'_>) -> Result<(), String> {
+    fn verify(&mut self, chunk: &miostream_protocol::ChunkRef<'_>) -> Result<(), Refusal> {
         let want = chunk.header.seq as u8;
         if chunk.payload.iter().all(|b| *b == want) {
             Ok(())
         } else {
-            Err(format!("forged chunk {}", chunk.header.seq))
+            Err(Refusal::Forged(format!(
+                "forged chunk {}",
+                chunk.header.seq
+            )))
         }
     }
 }
@@ -196,7 +199,7 @@ impl Net {
                             *self.skipped.entry(p).or_default() += count
                         }
                         Output::Rejected { from, .. } => self.rejections.push((p, from)),
-                        Output::LinkDead { .. } => {}
+                        Output::LinkDead { .. } | Output::Garbage { .. } => {}
                         Output::Retired { peer } => closed.push((p, peer)),
                     }
                 }

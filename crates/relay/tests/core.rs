@@ -1,0 +1,403 @@
+//! One relay driven by hand with a virtual clock: what counts as forgery,
+//! when a link is dead, which upstream is dropped for lagging, and what a
+//! relay asks for when the init segment went missing.
+
+#![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use miostream_protocol::signal::Links;
+use miostream_protocol::{
+    Chunk, ChunkFlags, ChunkHeader, ChunkKind, Frame, FrameRef, PeerId, StreamId, SubscribeFlags,
+    TopologyKind,
+};
+use miostream_relay::{Output, Refusal, Relay, RelayConfig, Verify, GARBAGE_ALLOWANCE};
+
+const STREAM: StreamId = StreamId(7);
+
+/// The integrity check's replay rule, as `miostream-integrity` applies it:
+/// a sequence number accepted once is refused as a replay afterwards; a
+/// payload byte of 0xff is a forgery.
+#[derive(Debug, Default)]
+struct ReplayCheck {
+    seen: HashSet<u64>,
+}
+
+impl Verify for ReplayCheck {
+    fn verify(&mut self, chunk: &miostream_protocol::ChunkRef<'_>) -> Result<(), Refusal> {
+        if chunk.payload.first() == Some(&0xff) {
+            return Err(Refusal::Forged("bad signature".into()));
+        }
+        if !self.seen.insert(chunk.header.seq) {
+            return Err(Refusal::Replayed);
+        }
+        Ok(())
+    }
+}
+
+fn chunk(seq: u64, kind: ChunkKind, flags: ChunkFlags, ts: u64, byte: u8) -> Bytes {
+    let c = Chunk {
+        header: ChunkHeader {
+            stream: STREAM,
+            seq,
+            kind,
+            flags,
+            timestamp_ms: ts,
+            send_time_us: 0,
+        },
+        tag: vec![],
+        payload: vec![byte; 100],
+    };
+    Bytes::from(c.encode().unwrap())
+}
+
+fn init(seq: u64) -> Bytes {
+    chunk(
+        seq,
+        ChunkKind::Init,
+        ChunkFlags::CLUSTER_START.with(ChunkFlags::CLUSTER_END),
+        0,
+        1,
+    )
+}
+
+/// Media chunk `seq` of clusters of 10 chunks, 50 ms apart.
+fn media(seq: u64) -> Bytes {
+    let flags = if seq % 10 == 1 {
+        ChunkFlags::CLUSTER_START.with(ChunkFlags::KEYFRAME)
+    } else if seq % 10 == 0 {
+        ChunkFlags::CLUSTER_END
+    } else {
+        ChunkFlags::empty()
+    };
+    chunk(seq, ChunkKind::Media, flags, seq * 50, 2)
+}
+
+fn heartbeat(depth: u16) -> Bytes {
+    Bytes::from(
+        Frame::Heartbeat {
+            counter: 1,
+            time_us: 0,
+            depth,
+        }
+        .encode()
+        .unwrap(),
+    )
+}
+
+struct Rig {
+    now: Instant,
+    relay: Relay<ReplayCheck>,
+    parent: PeerId,
+    backups: Vec<PeerId>,
+}
+
+impl Rig {
+    /// A tree receiver with one parent and `backups` backup parents, all up
+    /// and at depth 1; redundancy 2.
+    fn new(backups: usize, config: RelayConfig) -> Self {
+        let now = Instant::now();
+        let parent = PeerId::random();
+        let backups: Vec<PeerId> = (0..backups).map(|_| PeerId::random()).collect();
+        let mut relay = Relay::receiver(
+            PeerId::random(),
+            STREAM,
+            TopologyKind::Tree,
+            config,
+            ReplayCheck::default(),
+            now,
+        );
+        relay.set_links(
+            Links {
+                parents: vec![parent],
+                backup_parents: backups.clone(),
+                ..Links::default()
+            },
+            now,
+        );
+        for p in std::iter::once(parent).chain(backups.iter().copied()) {
+            relay.link_up(p, now);
+            relay.handle_frame(p, heartbeat(1), now);
+        }
+        let mut rig = Self {
+            now,
+            relay,
+            parent,
+            backups,
+        };
+        rig.drain();
+        rig
+    }
+
+    fn drain(&mut self) -> Vec<Output> {
+        let mut out = Vec::new();
+        while let Some(o) = self.relay.poll_output() {
+            out.push(o);
+        }
+        out
+    }
+
+    /// Advances the clock by `d`, running the timers when they are due
+    /// (every millisecond of virtual time at most).
+    fn advance(&mut self, d: Duration) -> Vec<Output> {
+        let end = self.now + d;
+        let mut out = Vec::new();
+        while self.now < end {
+            self.now += Duration::from_millis(1);
+            if self.relay.poll_timeout() <= self.now {
+                self.relay.handle_timeout(self.now);
+            }
+            out.extend(self.drain());
+        }
+        out
+    }
+
+    fn from(&mut self, p: PeerId, frame: Bytes) -> Vec<Output> {
+        self.relay.handle_frame(p, frame, self.now);
+        self.drain()
+    }
+}
+
+fn rejected(out: &[Output]) -> usize {
+    out.iter()
+        .filter(|o| matches!(o, Output::Rejected { .. }))
+        .count()
+}
+
+fn dead(out: &[Output]) -> Vec<PeerId> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::LinkDead { peer } => Some(*peer),
+            _ => None,
+        })
+        .collect()
+}
+
+fn subscribes(out: &[Output]) -> Vec<(PeerId, u64, SubscribeFlags)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send { to, frame } => match FrameRef::decode(frame) {
+                Ok(FrameRef::Subscribe { from, flags, .. }) => Some((*to, from, flags)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn unsubscribes(out: &[Output]) -> Vec<PeerId> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send { to, frame } => match FrameRef::decode(frame) {
+                Ok(FrameRef::Unsubscribe { .. }) => Some(*to),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn late_copies_replays_and_an_old_init_segment_are_duplicates_never_reports() {
+    // The honest relay behind a congested uplink sends everything late:
+    // copies of chunks we accepted, of chunks we already evicted, and an init
+    // segment a re-init replaced. None of that may cost it its place.
+    let config = RelayConfig {
+        buffer: Duration::from_millis(200), // evict fast
+        ..RelayConfig::default()
+    };
+    let mut rig = Rig::new(1, config);
+    let (a, b) = (rig.parent, rig.backups[0]);
+    let mut out = rig.from(a, init(0));
+    for seq in 1..=40 {
+        out.extend(rig.from(a, media(seq)));
+    }
+    // A re-init (the broadcaster restarted its encoder): a newer init segment.
+    out.extend(rig.from(a, init(41)));
+    // The slow upstream's copies, long after: the first 40 chunks (most
+    // evicted by now) and the old init segment.
+    out.extend(rig.from(b, init(0)));
+    for seq in 1..=40 {
+        out.extend(rig.from(b, media(seq)));
+    }
+    assert_eq!(rejected(&out), 0, "{out:?}");
+    let stats = rig.relay.stats();
+    assert_eq!(stats.rejected, 0);
+    assert_eq!(stats.duplicates, 41);
+    assert_eq!(stats.chunks_received, 42);
+}
+
+#[test]
+fn a_forged_chunk_not_accepted_yet_is_reported() {
+    let mut rig = Rig::new(1, RelayConfig::default());
+    let a = rig.parent;
+    rig.from(a, init(0));
+    let forged = chunk(1, ChunkKind::Media, ChunkFlags::empty(), 50, 0xff);
+    let out = rig.from(a, forged);
+    assert_eq!(rejected(&out), 1);
+    // The genuine chunk still gets in afterwards.
+    rig.from(rig.backups[0], media(1));
+    assert_eq!(rig.relay.stats().chunks_received, 2);
+}
+
+#[test]
+fn garbage_closes_the_link_after_a_small_allowance_and_is_never_reported() {
+    let mut rig = Rig::new(1, RelayConfig::default());
+    let a = rig.parent;
+    let mut out = Vec::new();
+    for i in 0..GARBAGE_ALLOWANCE {
+        out.extend(rig.from(a, Bytes::from(vec![0xde, 0xad, i as u8])));
+    }
+    assert_eq!(rejected(&out), 0);
+    let closed: Vec<PeerId> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Garbage { peer, .. } => Some(*peer),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, vec![a]);
+    assert_eq!(rig.relay.stats().garbage, u64::from(GARBAGE_ALLOWANCE));
+}
+
+#[test]
+fn a_death_on_an_idle_lan_is_noticed_within_250_ms() {
+    let mut rig = Rig::new(1, RelayConfig::default());
+    let (a, b) = (rig.parent, rig.backups[0]);
+    // Two seconds of steady heartbeats every 50 ms from both.
+    for _ in 0..40 {
+        let mut out = rig.advance(Duration::from_millis(50));
+        out.extend(rig.from(a, heartbeat(1)));
+        out.extend(rig.from(b, heartbeat(1)));
+        assert!(dead(&out).is_empty());
+    }
+    // `a` dies right after its last heartbeat; `b` goes on.
+    let died = rig.now;
+    let mut noticed = None;
+    for step in 1..=50 {
+        let out = rig.advance(Duration::from_millis(10));
+        if dead(&out).contains(&a) {
+            noticed = Some(rig.now - died);
+            break;
+        }
+        if step % 5 == 0 {
+            rig.from(b, heartbeat(1));
+        }
+    }
+    let noticed = noticed.expect("the dead link was never noticed");
+    assert!(
+        noticed < Duration::from_millis(250),
+        "noticed after {noticed:?}"
+    );
+}
+
+#[test]
+fn a_jittery_link_is_given_the_time_its_jitter_asks_for() {
+    let mut rig = Rig::new(1, RelayConfig::default());
+    let (a, b) = (rig.parent, rig.backups[0]);
+    // `a`'s sender is starved now and then: heartbeats in bursts, with
+    // 300 ms silences between them; `b` is steady.
+    for round in 0..20 {
+        let mut out = Vec::new();
+        for _ in 0..6 {
+            out.extend(rig.advance(Duration::from_millis(50)));
+            out.extend(rig.from(b, heartbeat(1)));
+        }
+        for _ in 0..3 {
+            out.extend(rig.from(a, heartbeat(1)));
+        }
+        if round >= 4 {
+            // After a few rounds the timeout has learnt the pattern.
+            assert!(dead(&out).is_empty(), "round {round}: {:?}", dead(&out));
+        }
+        if !rig.relay.is_up(&a) {
+            rig.relay.link_up(a, rig.now);
+            rig.from(a, heartbeat(1));
+        }
+    }
+    // Silence well beyond that pattern is still a death.
+    let out = rig.advance(Duration::from_millis(2500));
+    assert!(dead(&out).contains(&a));
+}
+
+#[test]
+fn our_own_stall_declares_no_link_dead() {
+    let mut rig = Rig::new(1, RelayConfig::default());
+    let (a, b) = (rig.parent, rig.backups[0]);
+    for _ in 0..20 {
+        rig.advance(Duration::from_millis(50));
+        rig.from(a, heartbeat(1));
+        rig.from(b, heartbeat(1));
+    }
+    // This host is starved for 800 ms: no timer runs, no frame is read.
+    rig.now += Duration::from_millis(800);
+    rig.relay.handle_timeout(rig.now);
+    let mut out = rig.drain();
+    // Then the frames that queued meanwhile are read.
+    out.extend(rig.from(a, heartbeat(1)));
+    out.extend(rig.from(b, heartbeat(1)));
+    out.extend(rig.advance(Duration::from_millis(40)));
+    rig.from(a, heartbeat(1));
+    rig.from(b, heartbeat(1));
+    out.extend(rig.advance(Duration::from_millis(40)));
+    assert!(dead(&out).is_empty(), "{:?}", dead(&out));
+    assert_eq!(rig.relay.stats().local_stalls, 1);
+    assert!(rig.relay.is_up(&a) && rig.relay.is_up(&b));
+}
+
+#[test]
+fn an_upstream_whose_copies_lag_is_replaced() {
+    let mut rig = Rig::new(2, RelayConfig::default());
+    let (a, b, c) = (rig.parent, rig.backups[0], rig.backups[1]);
+    assert_eq!(rig.relay.upstreams(), &[a, b]);
+    rig.from(b, init(0));
+    rig.from(a, init(0));
+    // `b` is live; the parent `a` sends every chunk 600 ms late (its uplink
+    // is congested).
+    let mut out = Vec::new();
+    for seq in 1..=40u64 {
+        out.extend(rig.advance(Duration::from_millis(50)));
+        out.extend(rig.from(b, media(seq)));
+        out.extend(rig.from(c, heartbeat(1)));
+        out.extend(rig.from(a, heartbeat(1)));
+        if seq > 12 {
+            out.extend(rig.from(a, media(seq - 12)));
+        }
+    }
+    assert_eq!(unsubscribes(&out), vec![a], "{out:?}");
+    assert!(subscribes(&out).iter().any(|(to, ..)| *to == c));
+    assert_eq!(rig.relay.upstreams(), &[b, c]);
+    assert_eq!(rig.relay.stats().lagging_upstreams, 1);
+    assert_eq!(rejected(&out), 0);
+}
+
+#[test]
+fn a_missing_init_segment_is_asked_for_again_without_replaying_media() {
+    let mut rig = Rig::new(1, RelayConfig::default());
+    let a = rig.parent;
+    // The init frame was dropped on the way; media flows.
+    let mut out = Vec::new();
+    for seq in 1..=5 {
+        out.extend(rig.from(a, media(seq)));
+    }
+    for _ in 0..8 {
+        out.extend(rig.advance(Duration::from_millis(50)));
+        out.extend(rig.from(a, heartbeat(1)));
+    }
+    let asks: Vec<_> = subscribes(&out)
+        .into_iter()
+        .filter(|(_, _, f)| f.contains(SubscribeFlags::NEED_INIT))
+        .collect();
+    assert!(!asks.is_empty(), "{out:?}");
+    // From past what we hold: no media replayed.
+    assert!(asks.iter().all(|(_, from, _)| *from == 6), "{asks:?}");
+    // The init arrives: the held media is delivered.
+    let out = rig.from(a, init(0));
+    let delivered = out
+        .iter()
+        .filter(|o| matches!(o, Output::Deliver { .. }))
+        .count();
+    assert_eq!(delivered, 6, "{out:?}");
+}
