@@ -15,7 +15,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use miostream_protocol::signal::{ErrorCode, Links, ResumeStream, StreamInfo};
 use miostream_protocol::{
-    ChunkHeader, IntegrityMode, PeerId, PeerMessage, StreamId, SupervisorMessage, TopologyKind,
+    ChunkFlags, ChunkHeader, ChunkKind, IntegrityMode, PeerId, PeerMessage, StreamId,
+    SupervisorMessage, TopologyKind,
 };
 use miostream_relay::{Output, Relay, RelayConfig, RelayStats, Verify};
 use tokio::sync::{mpsc, watch};
@@ -163,6 +164,7 @@ pub fn spawn_node(config: NodeConfig, transport: TransportHandle) -> NodeHandle 
         pending: Default::default(),
         reopen: Vec::new(),
         dropped_frames: 0,
+        player_skip: None,
     };
     let task = tokio::spawn(node.run(publish_rx));
     NodeHandle {
@@ -198,6 +200,9 @@ struct Node {
     pending: std::collections::VecDeque<TransportCommand>,
     /// Frames dropped because the transport's queue was full.
     dropped_frames: u64,
+    /// The local player fell behind: chunks from this one on are skipped
+    /// until the next keyframe cluster (see [`Node::to_player`]).
+    player_skip: Option<u64>,
 }
 
 /// Delay before re-joining a stream the restarted supervisor does not know yet.
@@ -490,6 +495,39 @@ impl Node {
         }
     }
 
+    /// Hands a chunk to the local player without ever waiting for it: a
+    /// stalled player (a full stdout pipe) must not stop relaying or
+    /// heartbeats for the whole subtree. When the player's queue is full,
+    /// chunks are dropped from there on until the next cluster that starts
+    /// with a keyframe, which is handed over after a `Skipped` for the gap,
+    /// so the player resumes on decodable media.
+    fn to_player(&mut self, header: ChunkHeader, payload: Bytes) {
+        if let Some(first) = self.player_skip {
+            let resumes = header.kind == ChunkKind::Media
+                && header
+                    .flags
+                    .contains(ChunkFlags::CLUSTER_START.with(ChunkFlags::KEYFRAME))
+                && self.events.capacity() >= 2;
+            if !resumes {
+                return;
+            }
+            let count = header.seq.saturating_sub(first);
+            let _ = self.events.try_send(NodeEvent::Skipped { first, count });
+            self.player_skip = None;
+            warn!(
+                skipped = count,
+                "the player fell behind: resumed at a keyframe"
+            );
+        }
+        if self
+            .events
+            .try_send(NodeEvent::Deliver { header, payload })
+            .is_err()
+        {
+            self.player_skip = Some(header.seq);
+        }
+    }
+
     fn tell_supervisor(&mut self, msg: PeerMessage) {
         // Bounded: if the session is backed up (supervisor gone), signaling
         // is stale anyway and is dropped.
@@ -523,14 +561,16 @@ impl Node {
                         self.dropped_frames += 1;
                     }
                 }
-                Output::Deliver { header, payload } => {
-                    let _ = self
-                        .events
-                        .send(NodeEvent::Deliver { header, payload })
-                        .await;
-                }
+                Output::Deliver { header, payload } => self.to_player(header, payload),
                 Output::Skipped { first, count } => {
-                    let _ = self.events.send(NodeEvent::Skipped { first, count }).await;
+                    if self.player_skip.is_none()
+                        && self
+                            .events
+                            .try_send(NodeEvent::Skipped { first, count })
+                            .is_err()
+                    {
+                        self.player_skip = Some(first);
+                    }
                 }
                 Output::Rejected { from, seq, reason } => {
                     warn!(%from, seq, "rejected a chunk: {reason}");

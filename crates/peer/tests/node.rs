@@ -324,3 +324,82 @@ async fn a_forging_relay_is_rejected_reported_and_cut_out_in_sign_mode() {
     b.stop().await;
     sup.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_player_never_stalls_its_subtree() {
+    // r1 feeds r3 (tree positions 0 and 2; r2 is r3's backup parent). r1's
+    // player reads nothing: its queue fills, and r1 must go on relaying and
+    // sending heartbeats, skipping its own player ahead instead.
+    let sup = TestSupervisor::start(&[0], &[1, 2, 3], |_| {}).await;
+    let hub = MemoryHub::new();
+    let mut b = node(
+        &sup,
+        &hub,
+        0,
+        Some(Announcement {
+            topology: TopologyKind::Tree,
+            integrity: IntegrityMode::Hmac,
+            media_type: "video/webm".into(),
+            signing_key: None,
+        }),
+    );
+    let NodeEvent::Announced(keys) = next(&mut b).await else {
+        panic!("not announced")
+    };
+    let stream = keys.stream.id;
+    let mut rs = Vec::new();
+    for i in 1..=3 {
+        let mut r = node(&sup, &hub, i, None);
+        assert!(matches!(next(&mut r).await, NodeEvent::Joined(_)));
+        rs.push(r);
+    }
+    // More chunks than the player queue holds (1,024); r3's player keeps up.
+    let last = 2000u64;
+    let mut r3 = rs.pop().unwrap();
+    let watcher = tokio::spawn(async move {
+        let seqs = played_until(&mut r3, last).await;
+        (r3, seqs)
+    });
+    for seq in 0..=last {
+        b.publish.send(chunk(stream, seq)).await.unwrap();
+        if seq % 4 == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let (r3h, seqs) = watcher.await.unwrap();
+    assert_eq!(seqs.first(), Some(&1));
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "r3 lost chunks");
+    let r3 = r3h.stats.borrow().clone();
+    rs.push(r3h);
+    assert_eq!(
+        r3.dead_links, 0,
+        "r3 saw its stalled parent as dead: {r3:?}"
+    );
+    // r1's player reads what queued, then more chunks come: it fell behind,
+    // so it skips to the next keyframe cluster.
+    let r1 = &mut rs[0];
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), r1.events.recv()).await
+    {
+    }
+    for seq in last + 1..=last + 30 {
+        b.publish.send(chunk(stream, seq)).await.unwrap();
+    }
+    let mut skipped = None;
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(500), r1.events.recv()).await
+    {
+        match e {
+            NodeEvent::Skipped { first, count } => skipped = Some(first + count),
+            NodeEvent::Deliver { header, .. } if skipped == Some(header.seq) => {
+                assert!(header.flags.contains(ChunkFlags::KEYFRAME));
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(skipped.is_some(), "r1's player never skipped ahead");
+    for r in rs {
+        r.stop().await;
+    }
+    b.stop().await;
+    sup.stop().await;
+}
