@@ -26,6 +26,16 @@
 //!   dropped by sequence number. A departure is filled by the last node, so
 //!   the grid stays dense.
 //!
+//! **Leaf-only peers.** A peer whose uplink cannot carry the copies a
+//! relay sends ([`Topology::join_leaf`]; the supervisor decides from its
+//! measured capacity) is placed where it feeds nobody: in the tree and the
+//! mesh, relays take the first positions and leaf-only peers the last ones
+//! (a tree whose leaf-only peers are no more than its relays gives them no
+//! child and no backup child); in the list, after every relay. A relay
+//! that joins takes the first leaf-only position, which moves to the end;
+//! a relay that departs is replaced by the last relay, whose place the last
+//! leaf-only peer takes: still at most two moves per change.
+//!
 //! No IO, no clock, no randomness.
 
 use std::cmp::Reverse;
@@ -198,6 +208,11 @@ pub struct Topology {
     slots: Vec<PeerId>,
     /// Tree and mesh: position → capacity score.
     scores: Vec<u64>,
+    /// Tree and mesh: positions `..relays` hold relays, the rest leaf-only
+    /// peers.
+    relays: usize,
+    /// List: leaf-only peers placed.
+    list_leaves: usize,
     /// List: the nodes (a slab; freed ones are in `free`).
     nodes: Vec<ListNode>,
     free: Vec<usize>,
@@ -209,6 +224,9 @@ pub struct Topology {
     arrivals: u64,
     scratch: Scratch,
 }
+
+/// The score of a leaf-only peer: below every relay's.
+const LEAF_SCORE: u64 = 0;
 
 /// A peer's capacity as one comparable number (upload first, then low RTT).
 fn score(c: Capacity) -> u64 {
@@ -236,6 +254,8 @@ impl Topology {
             index: HashMap::with_hasher(PeerHash::new()),
             slots: Vec::new(),
             scores: Vec::new(),
+            relays: 0,
+            list_leaves: 0,
             nodes: Vec::new(),
             free: Vec::new(),
             head: NIL,
@@ -271,12 +291,52 @@ impl Topology {
         peer == self.root || self.index.contains_key(&peer)
     }
 
-    /// A receiver joins.
+    /// A receiver joins as a relay.
     pub fn join(&mut self, peer: PeerId, capacity: Capacity) -> Result<Changes, TopologyError> {
+        self.join_as(peer, capacity, true)
+    }
+
+    /// A receiver that must feed nobody joins (see the crate docs).
+    pub fn join_leaf(
+        &mut self,
+        peer: PeerId,
+        capacity: Capacity,
+    ) -> Result<Changes, TopologyError> {
+        self.join_as(peer, capacity, false)
+    }
+
+    /// Whether `peer` was placed as a relay (`None`: not placed).
+    pub fn is_relay(&self, peer: PeerId) -> Option<bool> {
+        let &at = self.index.get(&peer)?;
+        Some(match self.kind {
+            TopologyKind::List => self.nodes[at].key.0 .0 != LEAF_SCORE,
+            _ => at < self.relays,
+        })
+    }
+
+    /// Leaf-only receivers placed.
+    pub fn leaves(&self) -> usize {
+        match self.kind {
+            TopologyKind::List => self.list_leaves,
+            _ => self.slots.len() - self.relays,
+        }
+    }
+
+    fn join_as(
+        &mut self,
+        peer: PeerId,
+        capacity: Capacity,
+        relay: bool,
+    ) -> Result<Changes, TopologyError> {
         if self.contains(peer) {
             return Err(TopologyError::Duplicate(peer));
         }
-        let score = score(capacity);
+        // A relay's score is above every leaf-only peer's.
+        let score = if relay {
+            score(capacity).max(LEAF_SCORE + 1)
+        } else {
+            LEAF_SCORE
+        };
         let mut around = std::mem::take(&mut self.scratch.around);
         around.clear();
         match self.kind {
@@ -319,14 +379,20 @@ impl Topology {
                 }
                 self.order.insert(key, i);
                 self.index.insert(peer, i);
+                if !relay {
+                    self.list_leaves += 1;
+                }
             }
             TopologyKind::Tree | TopologyKind::Mesh => {
                 let n = self.slots.len();
-                // Positions that change hands: the new slot and, in the
-                // tree, the parents a faster joiner swaps with (max-heap).
-                around.push(n);
-                if self.kind == TopologyKind::Tree {
-                    let mut p = n;
+                // A relay goes to the first leaf-only position, whose peer
+                // moves to the new last one; a leaf-only peer goes last.
+                let at = if relay { self.relays } else { n };
+                // Positions that change hands: the new slot, `at` and, in
+                // the tree, the parents a faster relay swaps with (max-heap).
+                around.extend([n, at]);
+                if self.kind == TopologyKind::Tree && relay {
+                    let mut p = at;
                     while let Some(q) = self.tree_parent(p) {
                         if self.scores[q] >= score {
                             break;
@@ -341,11 +407,18 @@ impl Topology {
                 }
                 self.scratch.around = around;
                 self.record_before();
-                let mut p = n;
                 self.slots.push(peer);
                 self.scores.push(score);
-                self.index.insert(peer, p);
-                if self.kind == TopologyKind::Tree {
+                self.index.insert(peer, n);
+                let mut p = n;
+                if relay {
+                    if at != n {
+                        self.swap(at, n);
+                    }
+                    self.relays += 1;
+                    p = at;
+                }
+                if self.kind == TopologyKind::Tree && relay {
                     while let Some(q) = self.tree_parent(p) {
                         if self.scores[q] >= score {
                             break;
@@ -395,17 +468,33 @@ impl Topology {
                 }
                 self.order.remove(&key);
                 self.free.push(at);
+                if key.0 .0 == LEAF_SCORE {
+                    self.list_leaves -= 1;
+                }
             }
             TopologyKind::Tree | TopologyKind::Mesh => {
-                // The last node fills the hole: one peer moves.
+                // The last node of the departed peer's kind fills the hole;
+                // a relay's hole at the end of the relays is filled by the
+                // last leaf-only peer: at most two peers move.
                 let n = self.slots.len();
                 let last = n - 1;
-                around.extend([at, last]);
-                self.adjacent(at, n, &mut around);
-                self.adjacent(last, n, &mut around);
+                let relay = at < self.relays;
+                let last_relay = self.relays.saturating_sub(1);
+                around.extend([at, last, last_relay]);
+                for p in [at, last, last_relay] {
+                    self.adjacent(p, n, &mut around);
+                }
                 self.scratch.around = around;
                 self.record_before();
-                if at != last {
+                if relay {
+                    if at != last_relay {
+                        self.swap(at, last_relay);
+                    }
+                    if last_relay != last {
+                        self.swap(last_relay, last);
+                    }
+                    self.relays -= 1;
+                } else if at != last {
                     self.swap(at, last);
                 }
                 self.slots.pop();

@@ -123,6 +123,30 @@ fn check(t: &Topology, changes: Option<&Changes>, before: &HashMap<PeerId, Links
             _ => {}
         }
     }
+    // Leaf-only peers come after every relay; in a tree whose leaf-only
+    // peers are no more than its relays they feed nobody.
+    let mut seen_leaf = false;
+    for p in &peers {
+        let relay = t.is_relay(*p).unwrap();
+        if seen_leaf {
+            assert!(!relay, "relay {p:?} placed after a leaf-only peer");
+        }
+        seen_leaf |= !relay;
+    }
+    let leaves = t.leaves();
+    assert_eq!(
+        leaves,
+        peers.iter().filter(|p| !t.is_relay(**p).unwrap()).count()
+    );
+    if t.kind() == TopologyKind::Tree && k == 2 && leaves <= peers.len() - leaves {
+        for p in peers.iter().filter(|p| !t.is_relay(**p).unwrap()) {
+            let l = &links[p];
+            assert!(
+                l.children.is_empty() && l.backup_children.is_empty(),
+                "leaf-only {p:?} feeds {l:?}"
+            );
+        }
+    }
     // Every peer whose links changed was reported, and no more than a
     // bounded neighbourhood was.
     if let Some(c) = changes {
@@ -156,6 +180,7 @@ fn snapshot_links(t: &Topology) -> HashMap<PeerId, Links> {
 #[derive(Debug, Clone)]
 enum Op {
     Join(u32),
+    JoinLeaf,
     Leave(usize),
     Fail(usize),
 }
@@ -164,6 +189,7 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
     proptest::collection::vec(
         prop_oneof![
             3 => (0u32..4).prop_map(Op::Join),
+            1 => Just(Op::JoinLeaf),
             1 => any::<usize>().prop_map(Op::Leave),
             1 => any::<usize>().prop_map(Op::Fail),
         ],
@@ -188,6 +214,10 @@ fn run(kind: TopologyKind, config: TopologyConfig, ops: &[Op]) {
                     },
                 )
                 .unwrap()
+            }
+            Op::JoinLeaf => {
+                next += 1;
+                t.join_leaf(id(next), Capacity::default()).unwrap()
             }
             Op::Leave(i) | Op::Fail(i) => {
                 let peers = t.peers();
@@ -225,6 +255,37 @@ proptest! {
     fn mesh_invariants(ops in ops(), w in 1usize..10, e in 1usize..4) {
         run(TopologyKind::Mesh, TopologyConfig { mesh_width: w, mesh_entries: e, ..TopologyConfig::default() }, &ops);
     }
+}
+
+#[test]
+fn slow_peers_that_join_first_end_up_as_leaves() {
+    // Three Wi-Fi laptops join first, then five wired desktops.
+    let mut t = Topology::new(TopologyKind::Tree, id(ROOT), TopologyConfig::default());
+    for i in 1..=3 {
+        t.join_leaf(id(i), Capacity::default()).unwrap();
+    }
+    for i in 4..=8 {
+        t.join(id(i), Capacity::default()).unwrap();
+    }
+    for i in 1..=3 {
+        let l = t.links(id(i)).unwrap();
+        assert!(
+            l.children.is_empty() && l.backup_children.is_empty(),
+            "{l:?}"
+        );
+        assert_eq!(t.is_relay(id(i)), Some(false));
+    }
+    // A relay leaves: the last relay fills its place, a leaf-only peer the
+    // relay's old place; the leaf-only peers still feed nobody.
+    t.fail(id(4)).unwrap();
+    for i in 1..=3 {
+        let l = t.links(id(i)).unwrap();
+        assert!(
+            l.children.is_empty() && l.backup_children.is_empty(),
+            "{l:?}"
+        );
+    }
+    assert_eq!(t.leaves(), 3);
 }
 
 #[test]
