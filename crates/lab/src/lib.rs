@@ -8,12 +8,16 @@
 //!   distribution over the overlay's positions; rows of `results.csv`;
 //! - [`figures`]: the paper's figures from `results.csv` (pure + SVG);
 //! - [`monitor`]: the supervisor's monitor API, for the overlay order;
-//! - [`demo`]: the README's main job.
+//! - [`demo`]: the README's main job;
+//! - [`network`]: `--network` profiles (host classes; pure);
+//! - [`hosts`]: the shaped hosts a profile becomes (namespaces; IO).
 
 pub mod cluster;
 pub mod demo;
 pub mod experiment;
 pub mod figures;
+pub mod hosts;
 pub mod monitor;
+pub mod network;
 pub mod qos;
 pub mod sweep;

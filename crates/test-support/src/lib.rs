@@ -5,7 +5,9 @@
 //!
 //! [`LanHost`] gives a test its own "LAN machine": a network namespace joined
 //! to the test's namespace by a veth pair on a private /30 from the
-//! benchmarking range 198.18.0.0/15 (RFC 2544), removed when dropped. Traffic
+//! benchmarking range of RFC 2544 (198.18.0.0/16, the lower half of
+//! 198.18.0.0/15: `miostream-lab --network` takes its /24s from
+//! 198.19.0.0/16, so both can run at once), removed when dropped. Traffic
 //! never leaves the machine.
 
 #![allow(clippy::unwrap_used)] // test support: a failed set-up step fails the test
@@ -50,8 +52,8 @@ impl LanHost {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         // A /30 per host, spread by pid so concurrent test binaries do not clash.
-        let slot = (pid.wrapping_mul(64).wrapping_add(n)) % (1 << 15);
-        let base = 0xC612_0000u32 | (slot << 2); // 198.18.0.0/15
+        let slot = (pid.wrapping_mul(64).wrapping_add(n)) % (1 << 14);
+        let base = 0xC612_0000u32 | (slot << 2); // 198.18.0.0/16
         let gateway = Ipv4Addr::from(base + 1);
         let address = Ipv4Addr::from(base + 2);
         let name = format!("ms{pid}x{n}");
