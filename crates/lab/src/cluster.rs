@@ -7,6 +7,12 @@
 //! Every child is killed when the [`Cluster`] is dropped, so an error or a
 //! Ctrl-C never leaves processes behind; [`Cluster::stop`] ends them
 //! politely first (SIGTERM), so receivers write their final summaries.
+//!
+//! With a network profile ([`Settings::network`]) the supervisor, the
+//! broadcaster and every receiver slot run on their own shaped host
+//! ([`crate::hosts`]); signals go to the processes `ip netns pids` finds
+//! on a host, not to the `ip netns exec` we started, and the hosts are
+//! removed with the cluster.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -20,7 +26,9 @@ use tokio::process::{Child, Command};
 use tokio::time::{sleep, timeout, Instant};
 use tracing::{debug, warn};
 
+use crate::hosts::{Host, Net};
 use crate::monitor::Monitor;
+use crate::network::Profile;
 use crate::qos::Summary;
 
 /// Where the MioStream binaries are.
@@ -64,7 +72,15 @@ impl Bins {
     }
 
     fn command(&self, name: &str, log: &Option<String>) -> Command {
-        let mut c = Command::new(self.path(name));
+        self.command_on(None, name, log)
+    }
+
+    /// `name` on `host` (`ip netns exec`), or here.
+    fn command_on(&self, host: Option<&Host>, name: &str, log: &Option<String>) -> Command {
+        let mut c = match host {
+            Some(h) => h.command(&self.path(name)),
+            None => Command::new(self.path(name)),
+        };
         c.stdin(Stdio::null()).kill_on_drop(true);
         match log {
             Some(filter) => c.env("RUST_LOG", filter),
@@ -115,6 +131,8 @@ pub struct Settings {
     /// `RUST_LOG` for the children (`None`: each binary's own default,
     /// warnings and errors without the WebRTC stack's chatter).
     pub rust_log: Option<String>,
+    /// Each process on its own shaped host (`None`: all on loopback).
+    pub network: Option<Profile>,
 }
 
 /// One receiver slot.
@@ -137,6 +155,8 @@ pub struct Cluster {
     supervisor: Child,
     broadcaster: Child,
     slots: Vec<Slot>,
+    /// The hosts, with `--network` (dropped after the children).
+    net: Option<Net>,
 }
 
 /// The stream name the lab broadcasts.
@@ -169,10 +189,24 @@ impl Cluster {
         settings: Settings,
     ) -> anyhow::Result<Self> {
         ensure_identities(bins, keys, settings.receivers).await?;
+        let net = match &settings.network {
+            Some(profile) => {
+                let (profile, n) = (profile.clone(), settings.receivers);
+                Some(
+                    tokio::task::spawn_blocking(move || Net::create(&profile, n))
+                        .await
+                        .context("creating the hosts")??,
+                )
+            }
+            None => None,
+        };
+        let listen = match &net {
+            Some(n) => format!("{}:0", n.supervisor.address),
+            None => "127.0.0.1:0".into(),
+        };
         let sup = dir.join("supervisor");
         let mut c = bins.command("miostream-supervisor", &None);
-        c.args(["init", "--listen", "127.0.0.1:0", "--dir"])
-            .arg(&sup);
+        c.args(["init", "--listen", &listen, "--dir"]).arg(&sup);
         step(c, "supervisor init").await?;
         let mut authorize = vec![(keys.join("b"), "broadcaster")];
         authorize.extend((0..settings.receivers).map(|i| (keys.join(format!("r{i}")), "receiver")));
@@ -184,7 +218,11 @@ impl Cluster {
             step(c, "supervisor authorize").await?;
         }
 
-        let mut c = bins.command("miostream-supervisor", &settings.rust_log);
+        let mut c = bins.command_on(
+            net.as_ref().map(|n| &n.supervisor),
+            "miostream-supervisor",
+            &settings.rust_log,
+        );
         c.args(["run", "--dir"])
             .arg(&sup)
             .stdout(Stdio::piped())
@@ -222,7 +260,11 @@ impl Cluster {
             None => None,
         };
 
-        let mut c = bins.command("miostream-broadcaster", &settings.rust_log);
+        let mut c = bins.command_on(
+            net.as_ref().map(|n| &n.broadcaster),
+            "miostream-broadcaster",
+            &settings.rust_log,
+        );
         c.arg("run")
             .args(["--supervisor", &url, "--stream", STREAM])
             .args(["--topology", &settings.topology])
@@ -253,6 +295,7 @@ impl Cluster {
             supervisor,
             broadcaster,
             slots,
+            net,
         };
         cluster.wait_listed(keys).await?;
         Ok(cluster)
@@ -320,9 +363,11 @@ impl Cluster {
         let n = self.slots[slot].incarnations + 1;
         let summary = self.summary_path(slot, n);
         let log = self.dir.join(format!("r{slot}.{n}.log"));
-        let mut c = self
-            .bins
-            .command("miostream-receiver", &self.settings.rust_log);
+        let mut c = self.bins.command_on(
+            self.host(slot),
+            "miostream-receiver",
+            &self.settings.rust_log,
+        );
         c.arg("run")
             .args(["--supervisor", &self.url, "--stream", STREAM])
             .arg("--identity")
@@ -345,20 +390,117 @@ impl Cluster {
         Ok(())
     }
 
-    /// Kills a slot's process abruptly (SIGKILL: no goodbye to anyone).
+    /// Kills a slot's process abruptly (SIGKILL: no goodbye to anyone);
+    /// on a host, every process there (the receiver itself, not only the
+    /// `ip netns exec` we started).
     pub async fn kill(&mut self, slot: usize) {
         if let Some(mut child) = self.slots[slot].child.take() {
+            if let Some(h) = self.host(slot) {
+                h.signal(Signal::SIGKILL);
+            }
             let _ = child.start_kill();
             let _ = child.wait().await;
         }
     }
 
-    /// Process ids of the running receivers.
+    /// Process ids of the running receivers (on hosts: the processes
+    /// running there).
     pub fn receiver_pids(&self) -> Vec<u32> {
         self.slots
             .iter()
-            .filter_map(|s| s.child.as_ref().and_then(Child::id))
+            .enumerate()
+            .filter(|(_, s)| s.child.is_some())
+            .flat_map(|(i, s)| match self.host(i) {
+                Some(h) => h.pids(),
+                None => s.child.as_ref().and_then(Child::id).into_iter().collect(),
+            })
             .collect()
+    }
+
+    /// The slots in join groups: with `--network`, the slots whose class
+    /// joins `first`, then `any`, then `last` (empty groups left out);
+    /// otherwise one group of every slot.
+    pub fn join_groups(&self) -> Vec<Vec<usize>> {
+        let Some(net) = &self.net else {
+            return vec![(0..self.len()).collect()];
+        };
+        let mut groups: Vec<(crate::network::Join, Vec<usize>)> = Vec::new();
+        for (slot, h) in net.receivers.iter().enumerate() {
+            match groups.last_mut() {
+                Some((j, g)) if *j == h.class.join => g.push(slot),
+                _ => groups.push((h.class.join, vec![slot])),
+            }
+        }
+        groups.into_iter().map(|(_, g)| g).collect()
+    }
+
+    /// Starts every slot's first receiver in join order: each join group
+    /// (see [`Cluster::join_groups`]) is started once the previous one has
+    /// joined the stream (its live summaries say so), within `limit`.
+    pub async fn spawn_in_join_order(
+        &mut self,
+        limit: Duration,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+        say: &dyn Fn(&str),
+    ) -> anyhow::Result<()> {
+        let groups = self.join_groups();
+        for (i, group) in groups.iter().enumerate() {
+            for &slot in group {
+                self.spawn(slot)?;
+            }
+            if i + 1 == groups.len() {
+                break;
+            }
+            let started = Instant::now();
+            loop {
+                sleep(Duration::from_millis(100)).await;
+                if *stop.borrow() {
+                    bail!("interrupted");
+                }
+                self.healthy()?;
+                if let Some((slot, why)) = self.exited().into_iter().next() {
+                    bail!("receiver {slot} exited while joining: {why}");
+                }
+                let joined = group
+                    .iter()
+                    .filter(|&&s| {
+                        self.live(s)
+                            .is_some_and(|q| q.joined_secs > 0.0 || q.chunks_received > 0)
+                    })
+                    .count();
+                if joined == group.len() {
+                    break;
+                }
+                if started.elapsed() > limit {
+                    bail!(
+                        "only {joined} of the {} receivers that join first had joined after {limit:?}",
+                        group.len()
+                    );
+                }
+            }
+            let mut classes: Vec<String> = group
+                .iter()
+                .filter_map(|&s| self.host(s).map(|h| h.class.name.to_string()))
+                .collect();
+            classes.dedup();
+            let class = classes.join("+");
+            say(&format!(
+                "  {} receiver(s) of class {class} joined first ({:.1} s); starting the others",
+                group.len(),
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The hosts, with `--network`.
+    pub fn net(&self) -> Option<&Net> {
+        self.net.as_ref()
+    }
+
+    /// A slot's host, with `--network`.
+    pub fn host(&self, slot: usize) -> Option<&Host> {
+        self.net.as_ref().and_then(|n| n.receivers.get(slot))
     }
 
     /// The deployment's directory (logs, summaries, outputs).
@@ -415,26 +557,40 @@ impl Cluster {
     /// summaries), then the broadcaster and the supervisor. Whatever has not
     /// exited within `grace` is killed.
     pub async fn stop(&mut self, grace: Duration) {
-        let mut receivers: Vec<Child> = self
+        let mut receivers: Vec<(usize, Child)> = self
             .slots
             .iter_mut()
-            .filter_map(|s| s.child.take())
+            .enumerate()
+            .filter_map(|(i, s)| Some((i, s.child.take()?)))
             .collect();
-        for c in &receivers {
-            terminate(c);
+        for (i, c) in &receivers {
+            terminate(c, self.net.as_ref().and_then(|n| n.receivers.get(*i)));
         }
         let deadline = Instant::now() + grace;
-        for c in &mut receivers {
-            finish(c, deadline).await;
+        for (i, c) in &mut receivers {
+            finish(
+                c,
+                deadline,
+                self.net.as_ref().and_then(|n| n.receivers.get(*i)),
+            )
+            .await;
         }
-        terminate(&self.broadcaster);
-        finish(&mut self.broadcaster, Instant::now() + grace).await;
-        terminate(&self.supervisor);
-        finish(&mut self.supervisor, Instant::now() + grace).await;
+        let (bc, sup) = match &self.net {
+            Some(n) => (Some(&n.broadcaster), Some(&n.supervisor)),
+            None => (None, None),
+        };
+        terminate(&self.broadcaster, bc);
+        finish(&mut self.broadcaster, Instant::now() + grace, bc).await;
+        terminate(&self.supervisor, sup);
+        finish(&mut self.supervisor, Instant::now() + grace, sup).await;
     }
 }
 
-fn terminate(child: &Child) {
+/// SIGTERM to a child, and to every process on its host if it has one.
+fn terminate(child: &Child, host: Option<&Host>) {
+    if let Some(h) = host {
+        h.signal(Signal::SIGTERM);
+    }
     if let Some(pid) = child.id() {
         if let Err(e) = kill(Pid::from_raw(pid as i32), Signal::SIGTERM) {
             debug!(pid, "SIGTERM: {e}");
@@ -442,7 +598,9 @@ fn terminate(child: &Child) {
     }
 }
 
-async fn finish(child: &mut Child, deadline: Instant) {
+/// Waits for a child until `deadline`, then kills it (and whatever runs
+/// on its host).
+async fn finish(child: &mut Child, deadline: Instant, host: Option<&Host>) {
     if timeout(
         deadline.saturating_duration_since(Instant::now()),
         child.wait(),
@@ -450,6 +608,9 @@ async fn finish(child: &mut Child, deadline: Instant) {
     .await
     .is_err()
     {
+        if let Some(h) = host {
+            h.signal(Signal::SIGKILL);
+        }
         let _ = child.start_kill();
         let _ = child.wait().await;
     }

@@ -1,6 +1,8 @@
 //! `miostream-lab demo`: a supervisor, a broadcaster on a WebM (looped) and
-//! N receivers over real WebRTC on loopback, progress while it runs, a QoS
-//! table at the end and a decode check of what every receiver played.
+//! N receivers over real WebRTC on loopback (or each on its own shaped
+//! host, with a network profile), progress while it runs, a QoS table and
+//! a table per host (wire bytes, offload) at the end and a decode check of
+//! what every receiver played.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -10,7 +12,8 @@ use tokio::sync::watch;
 use tokio::time::{interval, Instant};
 
 use crate::cluster::{Bins, Cluster, Settings};
-use crate::qos::{table, SlotQos};
+use crate::network::{show_rate, Profile};
+use crate::qos::{hosts_table, table, HostLine, SlotQos};
 
 /// The demo's settings.
 #[derive(Debug, Clone)]
@@ -25,6 +28,8 @@ pub struct Demo {
     pub input: PathBuf,
     /// sign or hmac.
     pub integrity: String,
+    /// Each process on its own shaped host (`None`: loopback).
+    pub network: Option<Profile>,
 }
 
 /// CPU ticks (user + system) and resident memory (KiB) of a process.
@@ -63,15 +68,36 @@ pub async fn run(
         startup_ms: 2000,
         record: true,
         rust_log: crate::cluster::child_log(),
+        network: demo.network.clone(),
     };
     eprintln!(
-        "== supervisor, broadcaster and {} receivers ({}, {}) in {}",
+        "== supervisor, broadcaster and {} receivers ({}, {}{}) in {}",
         demo.receivers,
         demo.topology,
         demo.integrity,
+        demo.network
+            .as_ref()
+            .map_or(String::new(), |p| format!(", network {}", p.name)),
         work.display()
     );
     let mut cluster = Cluster::start(bins, work, &work.join("keys"), settings).await?;
+    if let Some(net) = cluster.net() {
+        let host = |name: &str, h: &crate::hosts::Host| {
+            eprintln!(
+                "  host {name:<11} {:<15} {:<8} up {}, down {}, loss {} %",
+                h.address,
+                h.class.name,
+                show_rate(h.class.uplink),
+                show_rate(h.class.downlink),
+                h.class.loss * 100.0
+            )
+        };
+        host("supervisor", &net.supervisor);
+        host("broadcaster", &net.broadcaster);
+        for (i, h) in net.receivers.iter().enumerate() {
+            host(&format!("r{i}"), h);
+        }
+    }
     eprintln!("supervisor: {}", cluster.url);
     if let Some(m) = &cluster.monitor {
         eprintln!(
@@ -81,10 +107,29 @@ pub async fn run(
         );
     }
     eprintln!("broadcaster: streaming {}", demo.input.display());
-    for slot in 0..cluster.len() {
-        cluster.spawn(slot)?;
-    }
-    let outcome = watch_progress(&mut cluster, demo.duration, stop).await;
+    let wire_start = cluster.net().map(|n| n.bytes());
+    let limit = Duration::from_secs(30) + Duration::from_millis(300) * demo.receivers as u32;
+    let outcome = match cluster
+        .spawn_in_join_order(limit, stop, &|line| eprintln!("{line}"))
+        .await
+    {
+        Ok(()) => watch_progress(&mut cluster, demo.duration, stop).await,
+        Err(e) if *stop.borrow() => {
+            tracing::debug!("{e:#}");
+            Ok(true)
+        }
+        Err(e) => Err(e),
+    };
+    let wire: Option<Vec<crate::hosts::Bytes>> = match (cluster.net(), wire_start) {
+        (Some(n), Some(start)) => Some(
+            n.bytes()
+                .into_iter()
+                .zip(start)
+                .map(|(end, start)| end.since(start))
+                .collect(),
+        ),
+        _ => None,
+    };
     eprintln!("== stopping");
     cluster.stop(Duration::from_secs(10)).await;
     let interrupted = outcome?;
@@ -103,8 +148,76 @@ pub async fn run(
     }
     println!("== QoS per receiver (lost = chunks skipped; latency = broadcaster send to delivery)");
     print!("{}", table(&rows));
+    println!(
+        "== per host ({}; wire bytes from the host's interface)",
+        demo.network
+            .as_ref()
+            .map_or_else(|| "loopback".to_string(), |p| format!("network {}", p.name))
+    );
+    print!(
+        "{}",
+        hosts_table(&host_lines(&cluster, &rows, wire.as_deref()))
+    );
     ok &= decode_check(&cluster).await;
     Ok(ok)
+}
+
+/// The per-host table's lines: receivers, then the broadcaster and the
+/// supervisor; wire bytes from the hosts' counters (`wire`, in
+/// [`crate::hosts::Net::hosts`] order) or from the receivers' summaries.
+fn host_lines(
+    cluster: &Cluster,
+    rows: &[(String, Option<SlotQos>)],
+    wire: Option<&[crate::hosts::Bytes]>,
+) -> Vec<HostLine> {
+    let class = |slot: usize| {
+        cluster
+            .host(slot)
+            .map_or_else(|| "loopback".to_string(), |h| h.class.name.to_string())
+    };
+    let mut lines: Vec<HostLine> = rows
+        .iter()
+        .enumerate()
+        .map(|(slot, (name, q))| {
+            let w = wire.and_then(|w| w.get(2 + slot));
+            HostLine {
+                host: name.clone(),
+                class: class(slot),
+                stalls: q.as_ref().map(|q| q.stalls),
+                stall_ms: q.as_ref().map(|q| q.stall_ms),
+                latency_ms_p50: q.as_ref().map(|q| q.latency_ms_p50),
+                latency_ms_p99: q.as_ref().map(|q| q.latency_ms_p99),
+                tx: w
+                    .map(|b| b.tx)
+                    .or(q.as_ref().and_then(|q| q.wire_bytes_sent)),
+                rx: w
+                    .map(|b| b.rx)
+                    .or(q.as_ref().and_then(|q| q.wire_bytes_received)),
+                delivered: q.as_ref().map(|q| q.bytes_received),
+            }
+        })
+        .collect();
+    for (i, role) in [(1, "broadcaster"), (0, "supervisor")] {
+        let w = wire.and_then(|w| w.get(i));
+        let class = cluster.net().map_or_else(
+            || "loopback".to_string(),
+            |n| {
+                if i == 0 {
+                    n.supervisor.class.name.to_string()
+                } else {
+                    n.broadcaster.class.name.to_string()
+                }
+            },
+        );
+        lines.push(HostLine {
+            host: role.into(),
+            class,
+            tx: w.map(|b| b.tx),
+            rx: w.map(|b| b.rx),
+            ..HostLine::default()
+        });
+    }
+    lines
 }
 
 /// Prints progress every 2 s until `duration` passes; true if interrupted.

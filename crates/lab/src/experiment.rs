@@ -3,6 +3,13 @@
 //! positions is killed abruptly and a new viewer takes its place, so the
 //! network size stays constant. Every receiver's QoS over the measured
 //! window becomes one row of `results.csv`.
+//!
+//! With a network profile every process runs on its own shaped host; the
+//! hosts' interface counters over the window give each receiver's wire
+//! bytes (`bytes_sent`, `bytes_received_wire`), the rows of `hosts.csv`
+//! (every host: role, slot, class, rates, loss, tx/rx bytes, media bytes
+//! delivered) and the run's `offload` (1 − the broadcaster's bytes sent ÷
+//! media bytes delivered to all receivers; the same on every row of a run).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -16,7 +23,9 @@ use tokio::sync::watch;
 use tokio::time::{interval, Instant, MissedTickBehavior};
 
 use crate::cluster::{Bins, Cluster, Settings, STREAM};
-use crate::qos::{SlotQos, Summary};
+use crate::hosts::Bytes;
+use crate::network::{HostClass, Profile};
+use crate::qos::{self, HostLine, SlotQos, Summary};
 
 /// One experiment's parameters.
 #[derive(Debug, Clone)]
@@ -41,6 +50,66 @@ pub struct Experiment {
     pub input: PathBuf,
     /// Receivers' startup buffer (ms).
     pub startup_ms: u64,
+    /// Each process on its own shaped host (`None`: loopback).
+    pub network: Option<Profile>,
+}
+
+impl Experiment {
+    /// The network's name for `results.csv`: the profile's, or `loopback`.
+    pub fn network_name(&self) -> String {
+        self.network
+            .as_ref()
+            .map_or_else(|| "loopback".into(), |p| p.name.to_string())
+    }
+
+    /// The distribution as recorded (`none` without failures).
+    pub fn distribution_name(&self) -> String {
+        if self.rate > 0.0 {
+            self.distribution.to_string()
+        } else {
+            "none".into()
+        }
+    }
+
+    /// What identifies this run's rows in `results.csv` and `hosts.csv`:
+    /// (network, topology, distribution, rate, seed, threshold).
+    pub fn key(&self) -> RunKey {
+        RunKey {
+            network: self.network_name(),
+            topology: self.topology.clone(),
+            distribution: self.distribution_name(),
+            rate: self.rate.to_string(),
+            seed: self.seed.to_string(),
+            threshold: self.threshold.to_string(),
+        }
+    }
+}
+
+/// A run's identity in the CSV files (the cells as written).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RunKey {
+    /// `network`.
+    pub network: String,
+    /// `topology`.
+    pub topology: String,
+    /// `distribution`.
+    pub distribution: String,
+    /// `rate`.
+    pub rate: String,
+    /// `seed`.
+    pub seed: String,
+    /// `threshold`.
+    pub threshold: String,
+}
+
+impl std::fmt::Display for RunKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} network, {}, {} failures/s ({}), threshold {}, seed {}",
+            self.network, self.topology, self.rate, self.distribution, self.threshold, self.seed
+        )
+    }
 }
 
 /// One row of `results.csv`: one receiver slot over one run.
@@ -52,21 +121,76 @@ pub struct Row {
     pub receiver: usize,
     /// Its QoS over the measured window.
     pub qos: SlotQos,
+    /// Wire bytes its host sent over the window (or its processes, if they
+    /// report it; `None`: unknown).
+    pub bytes_sent: Option<u64>,
+    /// Wire bytes its host received over the window.
+    pub bytes_received_wire: Option<u64>,
+    /// The run's offload (the same on every row of the run).
+    pub offload: Option<f64>,
 }
 
 /// The CSV header of [`Row`]s.
-pub const CSV_HEADER: &str = "topology,distribution,rate,seed,receivers,duration_s,threshold,integrity,receiver,incarnations,stalls,stall_ms,played_ms,goodput_bps,latency_ms_p50,latency_ms_p99,chunks_received,chunks_verified,chunks_rejected,chunks_lost,parent_changes";
+pub const CSV_HEADER: &str = "topology,distribution,rate,seed,receivers,duration_s,threshold,integrity,receiver,incarnations,stalls,stall_ms,played_ms,goodput_bps,latency_ms_p50,latency_ms_p99,chunks_received,chunks_verified,chunks_rejected,chunks_lost,parent_changes,network,bytes_sent,bytes_received_wire,offload";
+
+/// The columns `results.csv` had before the network ones: such files
+/// still read (the new cells empty).
+const CSV_HEADER_V1_LEN: usize = 21;
+
+/// The CSV header of `hosts.csv`: one row per host per run (with
+/// `--network`): the run's key, then the host's role (`supervisor`,
+/// `broadcaster`, `receiver`), slot (receivers), class, uplink and
+/// downlink (bit/s, empty: unshaped), incoming loss, the wire bytes its
+/// interface sent and received over the window, and the media bytes
+/// delivered to it (receivers).
+pub const HOSTS_HEADER: &str = "network,topology,distribution,rate,seed,threshold,role,slot,class,uplink_bps,downlink_bps,loss,tx_bytes,rx_bytes,bytes_delivered";
+
+/// One host of a run (a row of `hosts.csv`).
+#[derive(Debug, Clone)]
+pub struct HostRow {
+    /// `supervisor`, `broadcaster` or `receiver`.
+    pub role: &'static str,
+    /// The receiver slot.
+    pub slot: Option<usize>,
+    /// Its class.
+    pub class: HostClass,
+    /// Its interface counters over the window.
+    pub bytes: Bytes,
+    /// Media bytes delivered to it (receivers).
+    pub delivered: Option<u64>,
+}
+
+impl HostRow {
+    /// The row as CSV (no newline) for the run `key`.
+    pub fn csv(&self, key: &RunKey) -> String {
+        let opt = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
+        format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            key.network,
+            key.topology,
+            key.distribution,
+            key.rate,
+            key.seed,
+            key.threshold,
+            self.role,
+            self.slot.map_or(String::new(), |s| s.to_string()),
+            self.class.name,
+            opt(self.class.uplink),
+            opt(self.class.downlink),
+            self.class.loss,
+            self.bytes.tx,
+            self.bytes.rx,
+            opt(self.delivered)
+        )
+    }
+}
 
 impl Row {
     /// The row as CSV (no newline).
     pub fn csv(&self) -> String {
         let e = &self.experiment;
         let q = &self.qos;
-        let distribution = if e.rate > 0.0 {
-            e.distribution.to_string()
-        } else {
-            "none".into()
-        };
+        let distribution = e.distribution_name();
         let mut s = String::new();
         let _ = write!(
             s,
@@ -93,6 +217,15 @@ impl Row {
             q.chunks_lost,
             q.parent_changes
         );
+        let opt = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
+        let _ = write!(
+            s,
+            ",{},{},{},{}",
+            e.network_name(),
+            opt(self.bytes_sent),
+            opt(self.bytes_received_wire),
+            self.offload.map_or(String::new(), |o| format!("{o:.4}"))
+        );
         s
     }
 }
@@ -109,6 +242,10 @@ pub struct Outcome {
     /// Whether failures were placed by the monitor's overlay order (false:
     /// by join order).
     pub by_overlay_order: bool,
+    /// Every host (supervisor, broadcaster, receivers), with `--network`.
+    pub hosts: Vec<HostRow>,
+    /// The run's offload, when the broadcaster's bytes are known.
+    pub offload: Option<f64>,
 }
 
 /// Chooses failed receivers: the distribution over overlay positions,
@@ -174,12 +311,15 @@ pub async fn run(
         startup_ms: e.startup_ms,
         record: false,
         rust_log: crate::cluster::child_log(),
+        network: e.network.clone(),
     };
     let mut cluster = Cluster::start(bins, work, keys, settings).await?;
     let outcome = measure(&mut cluster, e, failures_csv, stop, quiet).await;
     cluster.stop(Duration::from_secs(10)).await;
-    let (baseline, failures, crashed, by_overlay_order) = outcome?;
-    let rows = (0..cluster.len())
+    let m = outcome?;
+    let (baseline, failures, crashed, by_overlay_order) =
+        (m.baseline, m.failures, m.crashed, m.by_overlay_order);
+    let mut rows: Vec<Row> = (0..cluster.len())
         .map(|slot| {
             let mut history = cluster.history(slot);
             if let (Some(first), Some(Some(base))) = (history.first_mut(), baseline.get(slot)) {
@@ -189,22 +329,130 @@ pub async fn run(
             // A viewer killed before it wrote its first summary left no
             // QoS, but it held the slot all the same.
             qos.incarnations = cluster.incarnations(slot);
+            // On a host, its interface counters; on loopback, what the
+            // receivers report, if they do.
+            let wire = m.wire.as_ref().and_then(|w| w.get(2 + slot));
             Row {
                 experiment: e.clone(),
                 receiver: slot,
+                bytes_sent: wire.map(|b| b.tx).or(qos.wire_bytes_sent),
+                bytes_received_wire: wire.map(|b| b.rx).or(qos.wire_bytes_received),
                 qos,
+                offload: None,
             }
         })
         .collect();
+    let delivered: u64 = rows.iter().map(|r| r.qos.bytes_received).sum();
+    let offload = qos::offload(m.wire.as_ref().map(|w| w[1].tx), delivered);
+    for r in &mut rows {
+        r.offload = offload;
+    }
+    let mut hosts = Vec::new();
+    if let (Some(net), Some(wire)) = (cluster.net(), &m.wire) {
+        for (i, (h, bytes)) in net.hosts().zip(wire).enumerate() {
+            let (role, slot) = match i {
+                0 => ("supervisor", None),
+                1 => ("broadcaster", None),
+                n => ("receiver", Some(n - 2)),
+            };
+            hosts.push(HostRow {
+                role,
+                slot,
+                class: h.class.clone(),
+                bytes: *bytes,
+                delivered: slot.map(|s| rows[s].qos.bytes_received),
+            });
+        }
+    }
     Ok(Outcome {
         rows,
         failures,
         crashed,
         by_overlay_order,
+        hosts,
+        offload,
     })
 }
 
-type Measured = (Vec<Option<Summary>>, usize, Vec<(usize, String)>, bool);
+/// What the measured window left.
+struct Measured {
+    /// Every slot's summary when the window opened.
+    baseline: Vec<Option<Summary>>,
+    failures: usize,
+    crashed: Vec<(usize, String)>,
+    by_overlay_order: bool,
+    /// Every host's counters over the window ([`crate::hosts::Net::hosts`]
+    /// order), with `--network`.
+    wire: Option<Vec<Bytes>>,
+}
+
+/// The end-of-run table of one run from its rows in `results.csv` and
+/// `hosts.csv` (as read by [`read_results`] / [`read_hosts`]): every
+/// receiver slot, then the broadcaster and the supervisor.
+pub fn run_table(key: &RunKey, results: &[Vec<String>], hosts: &[Vec<String>]) -> String {
+    let col = |name: &str| CSV_HEADER.split(',').position(|c| c == name);
+    let hcol = |name: &str| HOSTS_HEADER.split(',').position(|c| c == name);
+    let cell = |row: &[String], i: Option<usize>| -> Option<String> {
+        i.and_then(|i| row.get(i))
+            .filter(|c| !c.is_empty())
+            .cloned()
+    };
+    let num = |row: &[String], name: &str| cell(row, col(name)).and_then(|c| c.parse::<f64>().ok());
+    let mine = |row: &[String], idx: &dyn Fn(&str) -> Option<usize>| {
+        let get = |n: &str| cell(row, idx(n)).unwrap_or_default();
+        let net = get("network");
+        let net = if net.is_empty() {
+            "loopback".to_string()
+        } else {
+            net
+        };
+        net == key.network
+            && get("topology") == key.topology
+            && get("distribution") == key.distribution
+            && get("rate") == key.rate
+            && get("seed") == key.seed
+            && get("threshold") == key.threshold
+    };
+    let host_rows: Vec<&Vec<String>> = hosts.iter().filter(|r| mine(r, &hcol)).collect();
+    let host_of = |role: &str, slot: Option<&str>| {
+        host_rows.iter().find(|r| {
+            cell(r, hcol("role")).as_deref() == Some(role)
+                && cell(r, hcol("slot")).as_deref() == slot
+        })
+    };
+    let hnum = |r: &[String], name: &str| cell(r, hcol(name)).and_then(|c| c.parse::<u64>().ok());
+    let mut lines = Vec::new();
+    for row in results.iter().filter(|r| mine(r, &col)) {
+        let slot = cell(row, col("receiver")).unwrap_or_default();
+        let h = host_of("receiver", Some(&slot));
+        lines.push(HostLine {
+            host: format!("r{slot}"),
+            class: h
+                .and_then(|h| cell(h, hcol("class")))
+                .unwrap_or_else(|| "loopback".into()),
+            stalls: num(row, "stalls").map(|v| v as u64),
+            stall_ms: num(row, "stall_ms").map(|v| v as u64),
+            latency_ms_p50: num(row, "latency_ms_p50"),
+            latency_ms_p99: num(row, "latency_ms_p99"),
+            tx: num(row, "bytes_sent").map(|v| v as u64),
+            rx: num(row, "bytes_received_wire").map(|v| v as u64),
+            delivered: h.and_then(|h| hnum(h, "bytes_delivered")),
+        });
+    }
+    for role in ["broadcaster", "supervisor"] {
+        let h = host_of(role, None);
+        lines.push(HostLine {
+            host: role.into(),
+            class: h
+                .and_then(|h| cell(h, hcol("class")))
+                .unwrap_or_else(|| "loopback".into()),
+            tx: h.and_then(|h| hnum(h, "tx_bytes")),
+            rx: h.and_then(|h| hnum(h, "rx_bytes")),
+            ..HostLine::default()
+        });
+    }
+    format!("== {key}\n{}", qos::hosts_table(&lines))
+}
 
 async fn measure(
     cluster: &mut Cluster,
@@ -213,12 +461,12 @@ async fn measure(
     stop: &mut watch::Receiver<bool>,
     quiet: bool,
 ) -> anyhow::Result<Measured> {
-    for slot in 0..cluster.len() {
-        cluster.spawn(slot)?;
-    }
     // Warm-up: every receiver joined and playing before the clock starts.
     let started = Instant::now();
     let warmup = Duration::from_secs(30) + Duration::from_millis(300) * e.receivers as u32;
+    cluster
+        .spawn_in_join_order(warmup, stop, &|line| say(quiet, line))
+        .await?;
     let mut tick = interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
@@ -252,6 +500,7 @@ async fn measure(
         ),
     );
     let baseline: Vec<Option<Summary>> = (0..cluster.len()).map(|s| cluster.live(s)).collect();
+    let wire_start = cluster.net().map(|n| n.bytes());
 
     let mut injector = Injector::new(e.distribution, e.seed);
     let period = if e.rate > 0.0 {
@@ -311,16 +560,59 @@ async fn measure(
             }
         }
     }
-    Ok((baseline, failures, crashed, by_overlay_order))
+    let wire = match (cluster.net(), wire_start) {
+        (Some(n), Some(start)) => Some(
+            n.bytes()
+                .into_iter()
+                .zip(start)
+                .map(|(end, start)| end.since(start))
+                .collect(),
+        ),
+        _ => None,
+    };
+    Ok(Measured {
+        baseline,
+        failures,
+        crashed,
+        by_overlay_order,
+        wire,
+    })
 }
 
-/// Reads `path` as a results CSV written by the lab (header checked).
+/// Reads `path` as a results CSV written by the lab (header checked; a
+/// file from before the network columns reads with those cells empty).
 pub fn read_results(path: &Path) -> anyhow::Result<Vec<Vec<String>>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut lines = text.lines();
-    if lines.next() != Some(CSV_HEADER) {
+    let header = lines.next().unwrap_or_default();
+    let columns: Vec<&str> = CSV_HEADER.split(',').collect();
+    let old = columns[..CSV_HEADER_V1_LEN].join(",");
+    if header != CSV_HEADER && header != old {
         bail!("{} is not a miostream-lab results.csv", path.display());
+    }
+    Ok(lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let mut row: Vec<String> = l.split(',').map(str::to_owned).collect();
+            if row.len() == CSV_HEADER_V1_LEN {
+                row.resize(columns.len(), String::new());
+            }
+            row
+        })
+        .collect())
+}
+
+/// Reads `path` as a `hosts.csv` written by the lab (no file: no rows).
+pub fn read_hosts(path: &Path) -> anyhow::Result<Vec<Vec<String>>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut lines = text.lines();
+    if lines.next() != Some(HOSTS_HEADER) {
+        bail!("{} is not a miostream-lab hosts.csv", path.display());
     }
     Ok(lines
         .filter(|l| !l.is_empty())
@@ -387,6 +679,7 @@ mod tests {
             integrity: "sign".into(),
             input: "x.webm".into(),
             startup_ms: 2000,
+            network: None,
         };
         let row = Row {
             experiment: e.clone(),
@@ -396,6 +689,9 @@ mod tests {
                 stall_ms: 120,
                 ..SlotQos::default()
             },
+            bytes_sent: None,
+            bytes_received_wire: None,
+            offload: None,
         };
         let csv = row.csv();
         assert_eq!(csv.split(',').count(), CSV_HEADER.split(',').count());
@@ -411,5 +707,89 @@ mod tests {
             idle.csv().starts_with("tree,none,0,"),
             "no failures, no distribution"
         );
+        assert!(csv.ends_with(",loopback,,,"), "no wire counters: {csv}");
+        let shaped = Row {
+            experiment: Experiment {
+                network: Some(crate::network::OFFICE),
+                ..idle.experiment.clone()
+            },
+            bytes_sent: Some(1_500_000),
+            bytes_received_wire: Some(3_000_000),
+            offload: Some(0.625),
+            ..idle.clone()
+        };
+        assert!(
+            shaped.csv().ends_with(",office,1500000,3000000,0.6250"),
+            "{}",
+            shaped.csv()
+        );
+    }
+
+    #[test]
+    fn a_run_table_joins_results_and_hosts() {
+        let e = Experiment {
+            receivers: 2,
+            topology: "tree".into(),
+            distribution: FailureDistribution::Uniform,
+            rate: 0.0,
+            duration: Duration::from_secs(10),
+            seed: 1,
+            threshold: 1.0,
+            integrity: "sign".into(),
+            input: "x.webm".into(),
+            startup_ms: 2000,
+            network: Some(crate::network::OFFICE),
+        };
+        let split = |s: String| s.split(',').map(str::to_owned).collect::<Vec<_>>();
+        let results: Vec<Vec<String>> = (0..2)
+            .map(|slot| {
+                split(
+                    Row {
+                        experiment: e.clone(),
+                        receiver: slot,
+                        qos: SlotQos {
+                            latency_ms_p99: 42.0,
+                            ..SlotQos::default()
+                        },
+                        bytes_sent: Some(1000 * slot as u64),
+                        bytes_received_wire: Some(2000),
+                        offload: Some(0.5),
+                    }
+                    .csv(),
+                )
+            })
+            .collect();
+        let class = |name: &str| crate::network::OFFICE.class(name).expect("class").clone();
+        let hosts: Vec<Vec<String>> = [
+            ("broadcaster", None, "server", 1000, None),
+            ("receiver", Some(0), "wifi", 0, Some(1000)),
+            ("receiver", Some(1), "wired", 1000, Some(1000)),
+        ]
+        .into_iter()
+        .map(|(role, slot, c, tx, delivered)| {
+            split(
+                HostRow {
+                    role,
+                    slot,
+                    class: class(c),
+                    bytes: Bytes { tx, rx: 2000 },
+                    delivered,
+                }
+                .csv(&e.key()),
+            )
+        })
+        .collect();
+        let t = run_table(&e.key(), &results, &hosts);
+        assert!(
+            t.starts_with("== office network, tree, 0 failures/s (none)"),
+            "{t}"
+        );
+        assert!(t.contains("r0           wifi"), "{t}");
+        assert!(t.contains("r1           wired"), "{t}");
+        assert!(t.contains("broadcaster  server"), "{t}");
+        assert!(t.contains("42.0"), "{t}");
+        assert!(t.contains("offload 0.500"), "{t}");
+        let other = Experiment { seed: 2, ..e };
+        assert!(!run_table(&other.key(), &results, &hosts).contains("wifi"));
     }
 }

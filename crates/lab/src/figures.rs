@@ -15,6 +15,8 @@ use crate::experiment::CSV_HEADER;
 /// parameters taken together.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Point {
+    /// The network: `loopback` or a profile's name.
+    pub network: String,
     /// list, tree or mesh.
     pub topology: String,
     /// uniform, binomial, poisson, or none (no failures).
@@ -46,7 +48,7 @@ fn column(name: &str) -> usize {
 
 /// Groups result rows (as read by [`crate::experiment::read_results`]).
 pub fn aggregate(rows: &[Vec<String>]) -> anyhow::Result<Vec<Point>> {
-    type Key = (String, String, u64, u64);
+    type Key = (String, String, String, u64, u64);
     let num = |row: &[String], name: &str| -> anyhow::Result<f64> {
         let cell = row
             .get(column(name))
@@ -58,16 +60,26 @@ pub fn aggregate(rows: &[Vec<String>]) -> anyhow::Result<Vec<Point>> {
     for row in rows {
         let rate = num(row, "rate")?;
         let threshold = num(row, "threshold")?;
+        let network = row.get(column("network")).cloned().unwrap_or_default();
         let key = (
-            row[column("topology")].clone(),
-            row[column("distribution")].clone(),
+            if network.is_empty() {
+                "loopback".into()
+            } else {
+                network
+            },
+            row.get(column("topology"))
+                .with_context(|| "a row lacks topology".to_string())?
+                .clone(),
+            row.get(column("distribution"))
+                .with_context(|| "a row lacks distribution".to_string())?
+                .clone(),
             rate.to_bits(),
             threshold.to_bits(),
         );
         groups.entry(key).or_default().push(row);
     }
     let mut points = Vec::new();
-    for ((topology, distribution, rate, threshold), rows) in groups {
+    for ((network, topology, distribution, rate, threshold), rows) in groups {
         let n = rows.len() as f64;
         let total = |name: &str| -> anyhow::Result<f64> {
             rows.iter()
@@ -76,6 +88,7 @@ pub fn aggregate(rows: &[Vec<String>]) -> anyhow::Result<Vec<Point>> {
         };
         let (stalled, played) = (total("stall_ms")?, total("played_ms")?);
         points.push(Point {
+            network,
             topology,
             distribution,
             rate: f64::from_bits(rate),
@@ -177,7 +190,23 @@ pub fn line_chart(
 }
 
 /// Draws every figure the points support into `dir`; returns the files.
+/// With several networks, each gets its own figures (`NAME_NETWORK.svg`).
 pub fn draw_all(points: &[Point], dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut networks: Vec<&str> = points.iter().map(|p| p.network.as_str()).collect();
+    networks.sort_unstable();
+    networks.dedup();
+    if networks.len() <= 1 {
+        return draw_network(points, dir, "");
+    }
+    let mut written = Vec::new();
+    for n in networks {
+        let mine: Vec<Point> = points.iter().filter(|p| p.network == n).cloned().collect();
+        written.extend(draw_network(&mine, dir, &format!("_{n}"))?);
+    }
+    Ok(written)
+}
+
+fn draw_network(points: &[Point], dir: &Path, suffix: &str) -> anyhow::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     let mut topologies: Vec<&str> = points.iter().map(|p| p.topology.as_str()).collect();
     topologies.dedup();
@@ -190,6 +219,10 @@ pub fn draw_all(points: &[Point], dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             if series.is_empty() {
                 return Ok::<_, anyhow::Error>(());
             }
+            let file = match file.strip_suffix(".svg") {
+                Some(stem) => format!("{stem}{suffix}.svg"),
+                None => file.to_string(),
+            };
             let path = dir.join(file);
             line_chart(&path, title, x, y, &series)?;
             written.push(path);

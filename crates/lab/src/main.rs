@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use miostream_lab::cluster::Bins;
 use miostream_lab::demo::{self, Demo};
 use miostream_lab::experiment::Experiment;
+use miostream_lab::network::Profile;
 use miostream_lab::sweep;
 use miostream_topology::FailureDistribution;
 use tokio::sync::watch;
@@ -49,6 +50,10 @@ enum Command {
         /// instead of a temporary one that is removed.
         #[arg(long)]
         keep: Option<PathBuf>,
+        /// Each process on its own shaped host: lan, office, home or a
+        /// TOML profile file (network namespaces: needs root and nftables).
+        #[arg(long, value_name = "PROFILE")]
+        network: Option<String>,
     },
     /// The paper's failure experiment (§4.2): N receivers; R times a second
     /// one chosen by the distribution over the overlay's positions is killed
@@ -110,6 +115,13 @@ enum Command {
         /// Keep every run's logs and summaries under OUT/runs/.
         #[arg(long)]
         keep_runs: bool,
+        /// Each process on its own shaped host: lan, office, home or a
+        /// TOML profile file (network namespaces: needs root and nftables).
+        #[arg(long, value_name = "PROFILE")]
+        network: Option<String>,
+        /// Sweep: networks (profiles as for --network; `loopback` for none).
+        #[arg(long, value_delimiter = ',', value_name = "PROFILES")]
+        networks: Vec<String>,
     },
     /// Redraws the report and figures from OUT/results.csv.
     Plot {
@@ -166,6 +178,17 @@ fn input_file(input: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(input)
 }
 
+/// The profile `--network` names, checked, and checked that this machine
+/// can run it (root, ip, tc, nft); `loopback` is none.
+fn network(arg: Option<&str>) -> anyhow::Result<Option<Profile>> {
+    let Some(arg) = arg.filter(|a| *a != "loopback") else {
+        return Ok(None);
+    };
+    let profile = Profile::load(arg)?;
+    miostream_lab::hosts::check_support().map_err(anyhow::Error::msg)?;
+    Ok(Some(profile))
+}
+
 /// A flag set on Ctrl-C or SIGTERM: runs stop early and clean up.
 fn stop_flag() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
@@ -191,16 +214,19 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             input,
             integrity,
             keep,
+            network: network_arg,
         } => {
             if receivers == 0 {
                 bail!("--receivers must be at least 1");
             }
+            let network = network(network_arg.as_deref())?;
             let demo = Demo {
                 receivers,
                 topology,
                 duration: Duration::from_secs(duration),
                 input: input_file(input)?,
                 integrity,
+                network,
             };
             let bins = Bins::locate()?;
             let mut stop = stop_flag();
@@ -244,6 +270,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             distributions,
             thresholds,
             keep_runs,
+            network: network_arg,
+            networks: networks_arg,
         } => {
             if receivers == 0 {
                 bail!("--receivers must be at least 1");
@@ -263,6 +291,20 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     bail!("unknown topology {t:?} (expected list, tree or mesh)");
                 }
             }
+            if !networks_arg.is_empty() && !is_sweep {
+                bail!("--networks is a sweep dimension: add --sweep (or use --network)");
+            }
+            if !networks_arg.is_empty() && network_arg.is_some() {
+                bail!("give --network or --networks, not both");
+            }
+            let networks = if networks_arg.is_empty() {
+                vec![network(network_arg.as_deref())?]
+            } else {
+                networks_arg
+                    .iter()
+                    .map(|n| network(Some(n)))
+                    .collect::<anyhow::Result<Vec<_>>>()?
+            };
             let base = Experiment {
                 receivers,
                 topology,
@@ -274,9 +316,17 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 integrity,
                 input: input_file(input)?,
                 startup_ms,
+                network: networks[0].clone(),
             };
             let runs = if is_sweep {
-                sweep::plan(&base, &topologies, &distributions, &rates, &thresholds)
+                sweep::plan(
+                    &base,
+                    &networks,
+                    &topologies,
+                    &distributions,
+                    &rates,
+                    &thresholds,
+                )
             } else {
                 vec![base]
             };
@@ -284,8 +334,13 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             let mut stop = stop_flag();
             let figures = sweep::run(&bins, &out, &runs, keep_runs, &mut stop).await?;
             eprintln!(
-                "wrote {}/results.csv, failures.csv, report.txt{}",
+                "wrote {}/results.csv, failures.csv, {}report.txt{}",
                 out.display(),
+                if out.join("hosts.csv").exists() {
+                    "hosts.csv, "
+                } else {
+                    ""
+                },
                 if figures.is_empty() {
                     String::new()
                 } else {

@@ -44,6 +44,10 @@ pub struct Summary {
     pub buffer_ms: u64,
     /// Written at exit (false: a live snapshot).
     pub ended: bool,
+    /// Bytes this process sent on the wire, if the receiver reports it.
+    pub wire_bytes_sent: Option<u64>,
+    /// Bytes this process received on the wire, if the receiver reports it.
+    pub wire_bytes_received: Option<u64>,
 }
 
 impl Summary {
@@ -76,6 +80,12 @@ impl Summary {
             parent_changes: self.parent_changes.saturating_sub(earlier.parent_changes),
             chunks_skipped: self.chunks_skipped.saturating_sub(earlier.chunks_skipped),
             joined_secs: (self.joined_secs - earlier.joined_secs).max(0.0),
+            wire_bytes_sent: self
+                .wire_bytes_sent
+                .map(|b| b.saturating_sub(earlier.wire_bytes_sent.unwrap_or(0))),
+            wire_bytes_received: self
+                .wire_bytes_received
+                .map(|b| b.saturating_sub(earlier.wire_bytes_received.unwrap_or(0))),
             ..self.clone()
         }
     }
@@ -111,6 +121,12 @@ pub struct SlotQos {
     pub startup_ms: u64,
     /// Upstream changes.
     pub parent_changes: u64,
+    /// Media (payload) bytes received, all incarnations.
+    pub bytes_received: u64,
+    /// Wire bytes sent, all incarnations, if the receivers report them.
+    pub wire_bytes_sent: Option<u64>,
+    /// Wire bytes received, all incarnations, if the receivers report them.
+    pub wire_bytes_received: Option<u64>,
 }
 
 impl SlotQos {
@@ -133,7 +149,14 @@ impl SlotQos {
             q.parent_changes += s.parent_changes;
             bytes += s.bytes_received;
             secs += s.joined_secs;
+            if let Some(b) = s.wire_bytes_sent {
+                q.wire_bytes_sent = Some(q.wire_bytes_sent.unwrap_or(0) + b);
+            }
+            if let Some(b) = s.wire_bytes_received {
+                q.wire_bytes_received = Some(q.wire_bytes_received.unwrap_or(0) + b);
+            }
         }
+        q.bytes_received = bytes;
         if secs > 0.0 {
             q.goodput_bps = (bytes as f64 * 8.0 / secs) as u64;
         }
@@ -246,6 +269,109 @@ pub fn table(rows: &[(String, Option<SlotQos>)]) -> String {
     out
 }
 
+/// One host in a run's end-of-run table: a receiver slot, the
+/// broadcaster or the supervisor.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostLine {
+    /// `r0`, `r1`, ..., `broadcaster`, `supervisor`.
+    pub host: String,
+    /// Its class (`loopback` without `--network`).
+    pub class: String,
+    /// Stalls (receivers).
+    pub stalls: Option<u64>,
+    /// Time stalled, ms (receivers).
+    pub stall_ms: Option<u64>,
+    /// Latency median, ms (receivers).
+    pub latency_ms_p50: Option<f64>,
+    /// Latency 99th percentile, ms (receivers).
+    pub latency_ms_p99: Option<f64>,
+    /// Wire bytes sent over the window.
+    pub tx: Option<u64>,
+    /// Wire bytes received over the window.
+    pub rx: Option<u64>,
+    /// Media bytes delivered to it (receivers: `bytes_received`).
+    pub delivered: Option<u64>,
+}
+
+/// Offload: 1 − bytes the broadcaster sent ÷ bytes delivered to all
+/// receivers (`None` without a broadcaster count or a delivery).
+pub fn offload(broadcaster_sent: Option<u64>, delivered: u64) -> Option<f64> {
+    let sent = broadcaster_sent?;
+    (delivered > 0).then(|| 1.0 - sent as f64 / delivered as f64)
+}
+
+/// A run's table per host: stalls, latency, wire bytes sent and received,
+/// media bytes delivered, and each host's bytes sent per byte delivered to
+/// all receivers (its share of the delivery; the broadcaster's share is
+/// 1 − offload); then the run's offload.
+pub fn hosts_table(lines: &[HostLine]) -> String {
+    const HEAD: [&str; 11] = [
+        "host",
+        "class",
+        "stalls",
+        "stall ms",
+        "p50 ms",
+        "p99 ms",
+        "sent MB",
+        "recv MB",
+        "delivered MB",
+        "sent/deliv",
+        "",
+    ];
+    let delivered: u64 = lines.iter().filter_map(|l| l.delivered).sum();
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let mb = |b: Option<u64>| opt(b.map(|b| format!("{:.2}", b as f64 / 1e6)));
+    let mut rows: Vec<Vec<String>> = vec![HEAD[..10].iter().map(|s| s.to_string()).collect()];
+    for l in lines {
+        rows.push(vec![
+            l.host.clone(),
+            l.class.clone(),
+            opt(l.stalls.map(|v| v.to_string())),
+            opt(l.stall_ms.map(|v| v.to_string())),
+            opt(l.latency_ms_p50.map(|v| format!("{v:.1}"))),
+            opt(l.latency_ms_p99.map(|v| format!("{v:.1}"))),
+            mb(l.tx),
+            mb(l.rx),
+            mb(l.delivered),
+            opt(l
+                .tx
+                .filter(|_| delivered > 0)
+                .map(|t| format!("{:.3}", t as f64 / delivered as f64))),
+        ]);
+    }
+    let widths: Vec<usize> = (0..10)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (cell, w))| {
+                if i < 2 {
+                    format!("{cell:<w$}")
+                } else {
+                    format!("{cell:>w$}")
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    let bc = lines
+        .iter()
+        .find(|l| l.host == "broadcaster")
+        .and_then(|l| l.tx);
+    match offload(bc, delivered) {
+        Some(o) => out.push_str(&format!(
+            "offload {o:.3} (1 - broadcaster's wire bytes sent / media bytes delivered to all receivers)\n"
+        )),
+        None => out.push_str("offload - (no wire counters: run with --network)\n"),
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,6 +433,48 @@ mod tests {
         assert_eq!((d.buffer_ms, d.latency_ms_p50), (2000, 11.0));
         // A restarted counter never goes negative.
         assert_eq!(before.since(&after).stalls, 0);
+    }
+
+    #[test]
+    fn the_hosts_table_shows_wire_bytes_and_offload() {
+        let r = |host: &str, tx, rx, delivered| HostLine {
+            host: host.into(),
+            class: "wifi".into(),
+            stalls: Some(0),
+            stall_ms: Some(0),
+            latency_ms_p50: Some(20.0),
+            latency_ms_p99: Some(45.5),
+            tx: Some(tx),
+            rx: Some(rx),
+            delivered: Some(delivered),
+        };
+        let lines = [
+            HostLine {
+                host: "broadcaster".into(),
+                class: "server".into(),
+                tx: Some(3_000_000),
+                rx: Some(100_000),
+                ..HostLine::default()
+            },
+            r("r0", 2_000_000, 3_100_000, 3_000_000),
+            r("r1", 0, 2_050_000, 2_000_000),
+            r("r2", 0, 5_200_000, 5_000_000),
+        ];
+        let t = hosts_table(&lines);
+        let rows: Vec<&str> = t.lines().collect();
+        assert_eq!(rows.len(), 6, "{t}");
+        assert!(rows[1].starts_with("broadcaster  server"), "{t}");
+        assert!(rows[1].contains("3.00") && rows[1].contains("0.300"), "{t}");
+        assert!(rows[2].contains("45.5"), "{t}");
+        assert!(rows[5].starts_with("offload 0.700"), "{t}");
+        assert_eq!(offload(None, 5), None);
+        assert_eq!(offload(Some(5), 0), None);
+        let loopback = hosts_table(&[HostLine {
+            host: "r0".into(),
+            class: "loopback".into(),
+            ..HostLine::default()
+        }]);
+        assert!(loopback.contains("offload -"), "{loopback}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! A series of experiments into one output directory: `results.csv` (one
 //! row per receiver per run), `failures.csv` (every injected failure),
-//! `report.txt` (per-point averages beside the paper's numbers) and the
-//! figures.
+//! `hosts.csv` (with `--network`: one row per host per run), `report.txt`
+//! (per-point averages beside the paper's numbers, then every run's table
+//! per host) and the figures.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -11,7 +12,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::cluster::Bins;
-use crate::experiment::{self, Experiment, CSV_HEADER};
+use crate::experiment::{self, Experiment, RunKey, CSV_HEADER, HOSTS_HEADER};
 use crate::figures::{self, Point};
 
 /// The paper's average stalled time per peer (ms), uniform failures, at 0
@@ -22,16 +23,46 @@ pub const PAPER_STALL_MS: [(&str, f64, f64); 3] = [
     ("mesh", 169.0, 1093.0),
 ];
 
-/// The runs of a sweep: for each topology, one run without failures per
-/// threshold, then every distribution at every non-zero rate (threshold 1).
+/// The runs of a sweep: for each network (`None`: loopback) and topology,
+/// one run without failures per threshold, then every distribution at
+/// every non-zero rate (threshold 1).
 pub fn plan(
     base: &Experiment,
+    networks: &[Option<crate::network::Profile>],
     topologies: &[String],
     distributions: &[miostream_topology::FailureDistribution],
     rates: &[f64],
     thresholds: &[f64],
 ) -> Vec<Experiment> {
     let mut runs = Vec::new();
+    for network in networks {
+        let base = &Experiment {
+            network: network.clone(),
+            ..base.clone()
+        };
+        plan_one(
+            base,
+            topologies,
+            distributions,
+            rates,
+            thresholds,
+            &mut runs,
+        );
+    }
+    for (i, r) in runs.iter_mut().enumerate() {
+        r.seed = base.seed.wrapping_add(i as u64);
+    }
+    runs
+}
+
+fn plan_one(
+    base: &Experiment,
+    topologies: &[String],
+    distributions: &[miostream_topology::FailureDistribution],
+    rates: &[f64],
+    thresholds: &[f64],
+    runs: &mut Vec<Experiment>,
+) {
     for t in topologies {
         let mut ths: Vec<f64> = thresholds.to_vec();
         if !ths.contains(&1.0) {
@@ -57,10 +88,6 @@ pub fn plan(
             }
         }
     }
-    for (i, r) in runs.iter_mut().enumerate() {
-        r.seed = base.seed.wrapping_add(i as u64);
-    }
-    runs
 }
 
 fn append(path: &Path, header: &str, text: &str) -> anyhow::Result<()> {
@@ -99,7 +126,10 @@ pub async fn run(
     let started = std::time::Instant::now();
     for (i, e) in runs.iter().enumerate() {
         let name = format!(
-            "{}-{}-r{}-t{}",
+            "{}{}-{}-r{}-t{}",
+            e.network
+                .as_ref()
+                .map_or(String::new(), |p| format!("{}-", p.name)),
             e.topology,
             if e.rate > 0.0 {
                 e.distribution.to_string()
@@ -116,9 +146,10 @@ pub async fn run(
             String::new()
         };
         eprintln!(
-            "== run {}/{total}: {} receivers, {}, {} failures/s ({}), threshold {}, {} s, seed {}{eta}",
+            "== run {}/{total}: {} receivers, {}{}, {} failures/s ({}), threshold {}, {} s, seed {}{eta}",
             i + 1,
             e.receivers,
+            e.network.as_ref().map_or(String::new(), |p| format!("network {}, ", p.name)),
             e.topology,
             e.rate,
             if e.rate > 0.0 { e.distribution.to_string() } else { "none".into() },
@@ -145,9 +176,26 @@ pub async fn run(
             let _ = writeln!(csv, "{}", row.csv());
         }
         append(&results, CSV_HEADER, &csv)?;
-        let points = figures::aggregate(&experiment::read_results(&results)?)?;
+        if !outcome.hosts.is_empty() {
+            let mut csv = String::new();
+            for h in &outcome.hosts {
+                let _ = writeln!(csv, "{}", h.csv(&e.key()));
+            }
+            append(&out.join("hosts.csv"), HOSTS_HEADER, &csv)?;
+        }
+        let all = experiment::read_results(&results)?;
+        print!(
+            "{}",
+            experiment::run_table(
+                &e.key(),
+                &all,
+                &experiment::read_hosts(&out.join("hosts.csv"))?
+            )
+        );
+        let points = figures::aggregate(&all)?;
         if let Some(p) = points.iter().find(|p| {
-            p.topology == e.topology
+            p.network == e.network_name()
+                && p.topology == e.topology
                 && p.rate == e.rate
                 && p.threshold == e.threshold
                 && (e.rate == 0.0 || p.distribution == e.distribution.to_string())
@@ -175,13 +223,56 @@ pub async fn run(
     report(out)
 }
 
-/// Writes `report.txt` and the figures from `out/results.csv`.
+/// Writes `report.txt` (printing its summary part) and the figures from
+/// `out/results.csv` (and `out/hosts.csv`, if there is one).
 pub fn report(out: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let points = figures::aggregate(&experiment::read_results(&out.join("results.csv"))?)?;
+    let results = experiment::read_results(&out.join("results.csv"))?;
+    let hosts = experiment::read_hosts(&out.join("hosts.csv"))?;
+    let points = figures::aggregate(&results)?;
     let text = report_text(&points);
-    std::fs::write(out.join("report.txt"), &text)?;
     print!("{text}");
+    let mut full = text;
+    let _ = writeln!(
+        full,
+        "\nper run and host: stalls, latency, wire bytes sent / received over the measured window, \
+         media bytes delivered, bytes sent per byte delivered to all receivers, offload"
+    );
+    for key in run_keys(&results) {
+        let _ = write!(full, "\n{}", experiment::run_table(&key, &results, &hosts));
+    }
+    std::fs::write(out.join("report.txt"), &full)?;
     figures::draw_all(&points, out)
+}
+
+/// The runs in `results.csv` rows, in order of first appearance.
+fn run_keys(results: &[Vec<String>]) -> Vec<RunKey> {
+    let col = |name: &str| {
+        CSV_HEADER
+            .split(',')
+            .position(|c| c == name)
+            .unwrap_or_else(|| unreachable!("{name} is a results.csv column"))
+    };
+    let mut keys: Vec<RunKey> = Vec::new();
+    for row in results {
+        let get = |name: &str| row.get(col(name)).cloned().unwrap_or_default();
+        let network = get("network");
+        let key = RunKey {
+            network: if network.is_empty() {
+                "loopback".into()
+            } else {
+                network
+            },
+            topology: get("topology"),
+            distribution: get("distribution"),
+            rate: get("rate"),
+            seed: get("seed"),
+            threshold: get("threshold"),
+        };
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys
 }
 
 /// The per-point table and the comparison with the paper.
@@ -189,7 +280,7 @@ pub fn report_text(points: &[Point]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<6} {:<9} {:>5} {:>9} {:>6} {:>12} {:>12} {:>10} {:>10} {:>10}",
+        "{:<6} {:<9} {:>5} {:>9} {:>6} {:>12} {:>12} {:>10} {:>10} {:>10}  network",
         "topo",
         "dist",
         "rate",
@@ -199,12 +290,12 @@ pub fn report_text(points: &[Point]) -> String {
         "stalls/peer",
         "% stalled",
         "Mbit/s",
-        "lost/peer"
+        "lost/peer",
     );
     for p in points {
         let _ = writeln!(
             s,
-            "{:<6} {:<9} {:>5} {:>9} {:>6} {:>12.1} {:>12.2} {:>10.4} {:>10.2} {:>10.1}",
+            "{:<6} {:<9} {:>5} {:>9} {:>6} {:>12.1} {:>12.2} {:>10.4} {:>10.2} {:>10.1}  {}",
             p.topology,
             p.distribution,
             p.rate,
@@ -214,19 +305,29 @@ pub fn report_text(points: &[Point]) -> String {
             p.stalls,
             p.stalled_pct,
             p.goodput_bps / 1e6,
-            p.lost
+            p.lost,
+            p.network
         );
     }
+    // The paper's numbers are beside ours on loopback; without loopback
+    // runs, beside the first network's.
+    let network = points
+        .iter()
+        .map(|p| p.network.as_str())
+        .find(|n| *n == "loopback")
+        .or_else(|| points.first().map(|p| p.network.as_str()))
+        .unwrap_or("loopback");
     let _ = writeln!(
         s,
-        "\nstalled time per peer (ms), uniform failures: ours vs the paper (83 receivers, 60 s)"
+        "\nstalled time per peer (ms), uniform failures: ours ({network}) vs the paper (83 receivers, 60 s)"
     );
     for (t, paper0, paper5) in PAPER_STALL_MS {
         let ours = |rate: f64| {
             points
                 .iter()
                 .find(|p| {
-                    p.topology == t
+                    p.network == network
+                        && p.topology == t
                         && p.rate == rate
                         && p.threshold == 1.0
                         && (rate == 0.0 || p.distribution == "uniform")
@@ -261,6 +362,7 @@ mod tests {
             integrity: "sign".into(),
             input: "a.webm".into(),
             startup_ms: 2000,
+            network: None,
         }
     }
 
@@ -268,6 +370,7 @@ mod tests {
     fn a_sweep_runs_each_failure_free_point_once() {
         let runs = plan(
             &base(),
+            &[None],
             &["list".into(), "mesh".into()],
             &D::ALL,
             &[0.0, 1.0, 5.0],
@@ -286,11 +389,19 @@ mod tests {
             runs.len(),
             "every run has its own recorded seed"
         );
+        let nets = [None, Some(crate::network::OFFICE)];
+        let runs = plan(&base(), &nets, &["tree".into()], &D::ALL, &[1.0], &[]);
+        assert_eq!(runs.len(), 2 * (1 + 3), "networks are a sweep dimension");
+        assert_eq!(
+            runs.iter().filter(|r| r.network_name() == "office").count(),
+            4
+        );
     }
 
     #[test]
     fn the_report_sets_ours_beside_the_paper() {
         let p = |topology: &str, rate: f64, stall_ms: f64| Point {
+            network: "loopback".into(),
             topology: topology.into(),
             distribution: if rate > 0.0 {
                 "uniform".into()
