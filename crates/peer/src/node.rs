@@ -165,6 +165,7 @@ pub fn spawn_node(config: NodeConfig, transport: TransportHandle) -> NodeHandle 
         reopen: Vec::new(),
         dropped_frames: 0,
         player_skip: None,
+        probe: Probe::NotStarted,
     };
     let task = tokio::spawn(node.run(publish_rx));
     NodeHandle {
@@ -200,8 +201,11 @@ struct Node {
     pending: std::collections::VecDeque<TransportCommand>,
     /// Frames dropped because the transport's queue was full.
     dropped_frames: u64,
+    /// The uplink measurement before joining (receivers): when it started,
+    /// and what it found.
+    probe: Probe,
     /// The local player fell behind: chunks from this one on are skipped
-    /// until the next keyframe cluster (see [`Node::to_player`]).
+    /// until the next keyframe cluster (see [`Node::hand_to_player`]).
     player_skip: Option<u64>,
 }
 
@@ -213,6 +217,30 @@ const REOPEN_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// How long a node keeps relaying after its stream ended.
 const END_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Probe messages and their filler: 192 KiB, about 0.8 s on a 2 Mbit/s
+/// uplink and a few ms on a wired LAN.
+const PROBE_MESSAGES: usize = 4;
+const PROBE_BYTES: usize = 48 * 1024;
+/// A probe unanswered this long: the uplink is slower than its bytes over
+/// this time, which is what we report.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A receiver measures its uplink once, before its first join: the bytes
+/// of a few filler messages to the supervisor over the time until the
+/// supervisor says it has them all (`CAPACITY_PROBE`, `CAPACITY_PROBE_ACK`).
+#[derive(Debug, Clone, Copy)]
+enum Probe {
+    NotStarted,
+    Running { since: tokio::time::Instant },
+    Done(miostream_protocol::signal::Capacity),
+}
+
+/// Upload rate of `bytes` in `elapsed` (kbit/s, at least 1).
+fn upload_kbps(bytes: u64, elapsed: std::time::Duration) -> u32 {
+    let ms = elapsed.as_millis().max(1) as u64;
+    (bytes * 8 / ms).clamp(1, u64::from(u32::MAX)) as u32
+}
 
 /// Why the node loop ends.
 enum Stop {
@@ -229,6 +257,10 @@ impl Node {
                 .map(|r| tokio::time::Instant::from_std(r.poll_timeout()));
             let ending_at = self.ending.as_ref().map(|(t, _)| *t);
             let rejoin_at = self.rejoin_at;
+            let probe_deadline = match self.probe {
+                Probe::Running { since } => Some(since + PROBE_TIMEOUT),
+                _ => None,
+            };
             let reopen_at = self.reopen.iter().map(|(t, _)| *t).min();
             let waiting = !self.pending.is_empty();
             let commands = self.transport.commands.clone();
@@ -253,10 +285,12 @@ impl Node {
                 }
                 _ = sleep_until_opt(rejoin_at) => {
                     self.rejoin_at = None;
-                    self.tell_supervisor(PeerMessage::JoinStream {
-                        name: self.name.clone(),
-                        capacity: Default::default(),
-                    });
+                    self.join();
+                    Ok(())
+                }
+                _ = sleep_until_opt(probe_deadline) => {
+                    let bytes = (PROBE_MESSAGES * PROBE_BYTES) as u64;
+                    self.probed(upload_kbps(bytes, PROBE_TIMEOUT));
                     Ok(())
                 }
                 _ = sleep_until_opt(ending_at) => {
@@ -311,10 +345,10 @@ impl Node {
                             stream_key: k.stream_key.clone(),
                         }),
                     },
-                    None => PeerMessage::JoinStream {
-                        name: self.name.clone(),
-                        capacity: Default::default(),
-                    },
+                    None => {
+                        self.join();
+                        return Ok(());
+                    }
                 };
                 self.tell_supervisor(msg);
             }
@@ -390,6 +424,11 @@ impl Node {
                     self.rejoin_at = Some(tokio::time::Instant::now() + REJOIN_DELAY);
                 }
             }
+            SupervisorMessage::CapacityProbeAck { bytes } => {
+                if let Probe::Running { since } = self.probe {
+                    self.probed(upload_kbps(bytes, since.elapsed()));
+                }
+            }
             SupervisorMessage::InjectFailure {} => {
                 info!("the monitor injected a failure");
                 let _ = self.events.send(NodeEvent::FailureInjected).await;
@@ -397,6 +436,38 @@ impl Node {
             other => debug!(msg = other.name(), "ignored"),
         }
         Ok(())
+    }
+
+    /// Joins the stream, measuring the uplink first if it never was.
+    fn join(&mut self) {
+        match self.probe {
+            Probe::Done(capacity) => self.tell_supervisor(PeerMessage::JoinStream {
+                name: self.name.clone(),
+                capacity,
+            }),
+            Probe::Running { .. } => {} // joins when the answer comes
+            Probe::NotStarted => {
+                self.probe = Probe::Running {
+                    since: tokio::time::Instant::now(),
+                };
+                let padding = "0".repeat(PROBE_BYTES);
+                for i in 0..PROBE_MESSAGES {
+                    self.tell_supervisor(PeerMessage::CapacityProbe {
+                        padding: padding.clone(),
+                        last: i + 1 == PROBE_MESSAGES,
+                    });
+                }
+            }
+        }
+    }
+
+    fn probed(&mut self, upload_kbps: u32) {
+        info!(upload_kbps, "uplink measured");
+        self.probe = Probe::Done(miostream_protocol::signal::Capacity {
+            upload_kbps,
+            rtt_ms: 0,
+        });
+        self.join();
     }
 
     fn start_relay(&mut self, keys: &StreamKeys, source: bool) {
@@ -501,7 +572,7 @@ impl Node {
     /// chunks are dropped from there on until the next cluster that starts
     /// with a keyframe, which is handed over after a `Skipped` for the gap,
     /// so the player resumes on decodable media.
-    fn to_player(&mut self, header: ChunkHeader, payload: Bytes) {
+    fn hand_to_player(&mut self, header: ChunkHeader, payload: Bytes) {
         if let Some(first) = self.player_skip {
             let resumes = header.kind == ChunkKind::Media
                 && header
@@ -561,7 +632,7 @@ impl Node {
                         self.dropped_frames += 1;
                     }
                 }
-                Output::Deliver { header, payload } => self.to_player(header, payload),
+                Output::Deliver { header, payload } => self.hand_to_player(header, payload),
                 Output::Skipped { first, count } => {
                     if self.player_skip.is_none()
                         && self
@@ -579,6 +650,10 @@ impl Node {
                         seq,
                         reason,
                     });
+                }
+                Output::Lagging { peer } => {
+                    info!(%peer, "upstream lags: dropped it, telling the supervisor");
+                    self.tell_supervisor(PeerMessage::ReportLagging { upstream: peer });
                 }
                 Output::Garbage { peer, reason } => {
                     warn!(%peer, "closing a link that sends garbage: {reason}");

@@ -52,7 +52,8 @@ pub enum SignalError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Capacity {
-    /// Upload bandwidth the peer offers for relaying (kbit/s, 0 = unknown).
+    /// Upload bandwidth the peer measured (kbit/s, 0 = unknown): see
+    /// [`PeerMessage::CapacityProbe`].
     pub upload_kbps: u32,
     /// Round-trip time to the supervisor (ms, 0 = unknown).
     pub rtt_ms: u32,
@@ -257,6 +258,12 @@ pub enum SupervisorMessage {
     /// would (drop every link and the supervisor connection without a
     /// goodbye), then join again as a new viewer with a fresh peer id.
     InjectFailure {},
+    /// The last [`PeerMessage::CapacityProbe`] arrived: the peer divides the
+    /// bytes it sent by the time until this answer to measure its uplink.
+    CapacityProbeAck {
+        /// Probe bytes received.
+        bytes: u64,
+    },
     /// The stream ended (its broadcaster left).
     StreamEnded {
         /// Stream.
@@ -345,6 +352,21 @@ pub enum PeerMessage {
         /// Why it failed.
         reason: String,
     },
+    /// Before joining: filler that measures the peer's uplink (its bytes
+    /// over the time until [`SupervisorMessage::CapacityProbeAck`]). At most
+    /// [`MAX_PROBE_MESSAGES`] per connection, before `JOIN_STREAM`.
+    CapacityProbe {
+        /// Filler (any text; its length is what counts).
+        padding: String,
+        /// The last one: answer now.
+        last: bool,
+    },
+    /// The copies `upstream` sends lag those of our other upstreams by more
+    /// than the receiver tolerates: its uplink does not carry its children.
+    ReportLagging {
+        /// The slow upstream.
+        upstream: PeerId,
+    },
     /// A receiver's QoS so far (sent about once a second), shown by the
     /// monitor. The supervisor keeps the latest one per peer.
     QosReport {
@@ -368,6 +390,9 @@ pub enum PeerMessage {
         parent_changes: u64,
     },
 }
+
+/// Probe messages a peer may send per connection.
+pub const MAX_PROBE_MESSAGES: u32 = 8;
 
 /// Largest latency a QoS report may carry (ms): about 11 days.
 pub const MAX_REPORTED_MS: f64 = 1e9;
@@ -433,6 +458,7 @@ impl SupervisorMessage {
             Self::Signal { .. } => "SIGNAL",
             Self::StreamEnded { .. } => "STREAM_ENDED",
             Self::InjectFailure {} => "INJECT_FAILURE",
+            Self::CapacityProbeAck { .. } => "CAPACITY_PROBE_ACK",
             Self::Error { .. } => "ERROR",
         }
     }
@@ -460,6 +486,8 @@ impl PeerMessage {
             Self::Signal { .. } => "SIGNAL",
             Self::ReportBadChunk { .. } => "REPORT_BAD_CHUNK",
             Self::QosReport { .. } => "QOS_REPORT",
+            Self::CapacityProbe { .. } => "CAPACITY_PROBE",
+            Self::ReportLagging { .. } => "REPORT_LAGGING",
         }
     }
 }

@@ -196,6 +196,9 @@ fn peer_message() -> impl Strategy<Value = PeerMessage> {
                 latency_ms_p50: latency_us as f64 / 1000.0,
                 parent_changes: n[6],
             }),
+        (text(), any::<bool>())
+            .prop_map(|(padding, last)| PeerMessage::CapacityProbe { padding, last }),
+        peer_id().prop_map(|upstream| PeerMessage::ReportLagging { upstream }),
     ]
 }
 
@@ -246,6 +249,7 @@ fn supervisor_message() -> impl Strategy<Value = SupervisorMessage> {
             reason
         }),
         Just(SupervisorMessage::InjectFailure {}),
+        any::<u64>().prop_map(|bytes| SupervisorMessage::CapacityProbeAck { bytes }),
         (text(), any::<bool>()).prop_map(|(message, fatal)| SupervisorMessage::Error {
             code: signal::ErrorCode::Forbidden,
             message,

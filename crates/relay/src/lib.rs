@@ -172,6 +172,13 @@ pub enum Output {
         /// The silent peer.
         peer: PeerId,
     },
+    /// We dropped `peer` as an upstream: its copies lagged the others' by
+    /// more than [`RelayConfig::max_lag`]. The driver may tell the
+    /// supervisor, which demotes a relay that several peers report.
+    Lagging {
+        /// The slow upstream.
+        peer: PeerId,
+    },
     /// A link that the topology removed is no longer needed (or its grace
     /// ran out): the driver should close it unless the peer is linked again.
     Retired {

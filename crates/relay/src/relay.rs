@@ -594,6 +594,7 @@ impl<V: Verify> Relay<V> {
             link.lag_samples = 0;
             self.stats.lagging_upstreams += 1;
             self.lagging.insert(from, now + self.config.lag_penalty);
+            self.out.push_back(Output::Lagging { peer: from });
             self.refresh_upstreams(now);
         }
     }

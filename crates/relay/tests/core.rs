@@ -370,6 +370,7 @@ fn an_upstream_whose_copies_lag_is_replaced() {
     assert!(subscribes(&out).iter().any(|(to, ..)| *to == c));
     assert_eq!(rig.relay.upstreams(), &[b, c]);
     assert_eq!(rig.relay.stats().lagging_upstreams, 1);
+    assert!(out.contains(&Output::Lagging { peer: a }));
     assert_eq!(rejected(&out), 0);
 }
 

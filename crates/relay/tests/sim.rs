@@ -199,7 +199,9 @@ impl Net {
                             *self.skipped.entry(p).or_default() += count
                         }
                         Output::Rejected { from, .. } => self.rejections.push((p, from)),
-                        Output::LinkDead { .. } | Output::Garbage { .. } => {}
+                        Output::LinkDead { .. }
+                        | Output::Garbage { .. }
+                        | Output::Lagging { .. } => {}
                         Output::Retired { peer } => closed.push((p, peer)),
                     }
                 }

@@ -27,6 +27,8 @@ pub struct SupervisorConfig {
     pub topology: TopologySection,
     /// Chunk-integrity enforcement.
     pub integrity: IntegritySection,
+    /// Where receivers go by their measured capacity.
+    pub placement: PlacementSection,
     /// The operators' web dashboard.
     pub monitor: MonitorSection,
 }
@@ -40,6 +42,7 @@ impl Default for SupervisorConfig {
             limits: LimitsSection::default(),
             topology: TopologySection::default(),
             integrity: IntegritySection::default(),
+            placement: PlacementSection::default(),
             monitor: MonitorSection::default(),
         }
     }
@@ -153,6 +156,31 @@ pub struct IntegritySection {
 impl Default for IntegritySection {
     fn default() -> Self {
         Self { bad_chunk_limit: 3 }
+    }
+}
+
+/// `[placement]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlacementSection {
+    /// Copies of the stream a relay's measured uplink must carry (0: all relay).
+    pub relay_copies: u32,
+    /// Bitrate assumed before receivers report goodput (kbit/s).
+    pub stream_kbps: u32,
+    /// Distinct lag reporters that demote a relay.
+    pub lag_reporters: u32,
+    /// Window in which they must report (ms).
+    pub lag_window_ms: u64,
+}
+
+impl Default for PlacementSection {
+    fn default() -> Self {
+        Self {
+            relay_copies: 4,
+            stream_kbps: 1500,
+            lag_reporters: 2,
+            lag_window_ms: 10_000,
+        }
     }
 }
 

@@ -1,15 +1,27 @@
 //! The stream manager: streams, their topologies and the signaling relay, as
 //! a pure state machine. Inputs are authenticated peers arriving, their
 //! messages and their departures; outputs are messages to send and peers to
-//! cut off. No IO, no clock; randomness (stream ids and keys) comes in.
+//! cut off. No IO; the time and randomness (stream ids and keys) come in.
+//!
+//! **Placement by measured capacity.** A receiver measures its uplink
+//! before it joins (`CAPACITY_PROBE`: its bytes over the time until the
+//! supervisor's answer) and reports it in `JOIN_STREAM`. One whose uplink
+//! cannot carry [`Placement::relay_copies`] copies of the stream joins as a
+//! leaf-only peer (see `miostream_topology`). A relay whose copies lag, as
+//! reported by [`Placement::lag_reporters`] distinct peers it feeds within
+//! [`Placement::lag_window`] (`REPORT_LAGGING`), is demoted to a leaf; its
+//! children move, make before break. A liar can at worst demote a
+//! neighbour, never cut it out.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use miostream_auth::{Authorizer, KeyFingerprint};
 use miostream_protocol::signal::{
-    Capacity, ErrorCode, ResumeStream, SignalPayload, StreamInfo, MAX_STREAM_NAME_LEN,
+    Capacity, ErrorCode, ResumeStream, SignalPayload, StreamInfo, MAX_PROBE_MESSAGES,
+    MAX_STREAM_NAME_LEN,
 };
 use miostream_protocol::{
     ComponentType, IntegrityMode, PeerId, PeerMessage, StreamId, SupervisorMessage, TopologyKind,
@@ -36,6 +48,32 @@ pub struct ManagerConfig {
     pub topology: TopologyConfig,
     /// Reports before a relay is cut out.
     pub bad_chunk_limit: u32,
+    /// Placement by measured capacity.
+    pub placement: Placement,
+}
+
+/// Where receivers go by their measured capacity (see the module docs).
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// Copies of the stream a relay's uplink must carry (0: everyone relays).
+    pub relay_copies: u32,
+    /// The stream's bitrate until receivers report goodput (kbit/s).
+    pub stream_kbps: u32,
+    /// Distinct lag reporters that demote a relay.
+    pub lag_reporters: u32,
+    /// Within this window.
+    pub lag_window: Duration,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self {
+            relay_copies: 4,
+            stream_kbps: 1500,
+            lag_reporters: 2,
+            lag_window: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -45,6 +83,11 @@ struct Peer {
     stream: Option<StreamId>,
     /// The latest `QOS_REPORT` (receivers only): one per peer, gone with it.
     qos: Option<Qos>,
+    /// `CAPACITY_PROBE` messages and bytes so far.
+    probes: u32,
+    probe_bytes: u64,
+    /// What it reported when it joined.
+    capacity: Capacity,
 }
 
 struct Stream {
@@ -58,6 +101,10 @@ struct Stream {
     /// peer linked to the accused, so a lone liar can frame only its own
     /// neighbours (documented limit).
     reports: HashMap<PeerId, usize>,
+    /// Lag reports per relay: who reported, when.
+    lag_reports: HashMap<PeerId, Vec<(PeerId, Instant)>>,
+    /// The stream's bitrate as receivers report it (kbit/s; 0 = none yet).
+    bitrate_kbps: u32,
 }
 
 /// An `ANNOUNCE_STREAM`'s fields.
@@ -133,6 +180,9 @@ impl Manager {
                 key,
                 stream: None,
                 qos: None,
+                probes: 0,
+                probe_bytes: 0,
+                capacity: Capacity::default(),
             },
         );
         Ok(())
@@ -143,6 +193,7 @@ impl Manager {
         &mut self,
         from: PeerId,
         msg: PeerMessage,
+        now: Instant,
         rng: &mut R,
     ) -> Vec<Output> {
         let Some(peer) = self.peers.get(&from) else {
@@ -207,6 +258,8 @@ impl Manager {
                 seq,
                 reason,
             } => self.report(from, joined, upstream, seq, &reason),
+            PeerMessage::CapacityProbe { padding, last } => self.probe(from, &padding, last),
+            PeerMessage::ReportLagging { upstream } => self.lagging(from, joined, upstream, now),
             PeerMessage::QosReport {
                 stalls,
                 stall_ms,
@@ -217,6 +270,18 @@ impl Manager {
                 latency_ms_p50,
                 parent_changes,
             } => {
+                if let Some(s) = joined.and_then(|id| self.streams.get_mut(&id)) {
+                    // The stream's bitrate, smoothed over every receiver's
+                    // goodput (what a relay must carry per copy).
+                    let kbps = (goodput_bps / 1000).min(u64::from(u32::MAX)) as u32;
+                    if kbps > 0 && role == ComponentType::Receiver {
+                        s.bitrate_kbps = if s.bitrate_kbps == 0 {
+                            kbps
+                        } else {
+                            ((u64::from(s.bitrate_kbps) * 15 + u64::from(kbps)) / 16) as u32
+                        };
+                    }
+                }
                 if role == ComponentType::Receiver {
                     if let Some(p) = self.peers.get_mut(&from) {
                         p.qos = Some(Qos {
@@ -337,6 +402,8 @@ impl Manager {
                 topology: Topology::new(topology, from, self.config.topology.clone()),
                 epoch: 0,
                 reports: HashMap::new(),
+                lag_reports: HashMap::new(),
+                bitrate_kbps: 0,
             },
         );
         self.by_name.insert(name, id);
@@ -365,7 +432,14 @@ impl Manager {
         let Some(stream) = self.streams.get_mut(&id) else {
             return Vec::new();
         };
-        let changes = match stream.topology.join(from, capacity) {
+        let relay = can_relay(&self.config.placement, stream, capacity);
+        let placed = if relay {
+            stream.topology.join(from, capacity)
+        } else {
+            tracing::info!(peer = %from, upload_kbps = capacity.upload_kbps, "joins as a leaf: its uplink cannot carry a relay's copies");
+            stream.topology.join_leaf(from, capacity)
+        };
+        let changes = match placed {
             Ok(c) => c,
             Err(e) => {
                 return vec![Output::Send(
@@ -376,6 +450,7 @@ impl Manager {
         };
         if let Some(p) = self.peers.get_mut(&from) {
             p.stream = Some(id);
+            p.capacity = capacity;
         }
         let mut out = vec![Output::Send(
             from,
@@ -412,6 +487,7 @@ impl Manager {
             stream.topology.leave(who)
         };
         stream.reports.remove(&who);
+        stream.lag_reports.remove(&who);
         if let Ok(changes) = changes {
             reconfigure(stream, &changes, &mut out);
         }
@@ -505,6 +581,81 @@ impl Manager {
         Vec::new()
     }
 
+    /// A capacity probe: counted, answered when it is the last one.
+    fn probe(&mut self, from: PeerId, padding: &str, last: bool) -> Vec<Output> {
+        let Some(p) = self.peers.get_mut(&from) else {
+            return Vec::new();
+        };
+        if p.stream.is_some() || p.probes >= MAX_PROBE_MESSAGES {
+            return vec![Output::Send(
+                from,
+                error(
+                    ErrorCode::Forbidden,
+                    format!("at most {MAX_PROBE_MESSAGES} capacity probes, before joining"),
+                ),
+            )];
+        }
+        p.probes += 1;
+        p.probe_bytes += padding.len() as u64;
+        if !last {
+            return Vec::new();
+        }
+        vec![Output::Send(
+            from,
+            SupervisorMessage::CapacityProbeAck {
+                bytes: p.probe_bytes,
+            },
+        )]
+    }
+
+    /// `from` says the copies `upstream` sends it lag: enough distinct
+    /// reporters within the window demote `upstream` to a leaf.
+    fn lagging(
+        &mut self,
+        from: PeerId,
+        joined: Option<StreamId>,
+        upstream: PeerId,
+        now: Instant,
+    ) -> Vec<Output> {
+        let Some(stream) = joined.and_then(|id| self.streams.get_mut(&id)) else {
+            return Vec::new();
+        };
+        if !stream.topology.is_linked(from, upstream)
+            || upstream == stream.broadcaster
+            || stream.topology.is_relay(upstream) != Some(true)
+        {
+            return Vec::new();
+        }
+        let window = self.config.placement.lag_window;
+        let reports = stream.lag_reports.entry(upstream).or_default();
+        reports.retain(|(p, t)| *p != from && now.saturating_duration_since(*t) < window);
+        reports.push((from, now));
+        let feeds = stream.topology.links(upstream).map_or(0, |l| {
+            l.children.len() + l.backup_children.len() + l.neighbours.len()
+        });
+        let needed = (self.config.placement.lag_reporters as usize)
+            .min(feeds)
+            .max(1);
+        if reports.len() < needed {
+            return Vec::new();
+        }
+        stream.lag_reports.remove(&upstream);
+        let capacity = self
+            .peers
+            .get(&upstream)
+            .map_or_else(Capacity::default, |p| p.capacity);
+        let mut out = Vec::new();
+        if let Ok(changes) = stream.topology.leave(upstream) {
+            reconfigure(stream, &changes, &mut out);
+        }
+        match stream.topology.join_leaf(upstream, capacity) {
+            Ok(changes) => reconfigure(stream, &changes, &mut out),
+            Err(e) => tracing::warn!(%upstream, "cannot re-place a demoted relay: {e}"),
+        }
+        tracing::info!(%upstream, reporters = needed, "relay demoted to a leaf: its copies lag");
+        out
+    }
+
     /// The latest QoS report of a peer.
     pub fn qos(&self, peer: PeerId) -> Option<&Qos> {
         self.peers.get(&peer).and_then(|p| p.qos.as_ref())
@@ -586,6 +737,19 @@ impl Manager {
 }
 
 /// Tells every peer whose links changed its new link set.
+/// Whether a receiver with this measured capacity may relay in `stream`.
+fn can_relay(placement: &Placement, stream: &Stream, capacity: Capacity) -> bool {
+    if placement.relay_copies == 0 || capacity.upload_kbps == 0 {
+        return true; // unknown: as before measurement existed
+    }
+    let kbps = if stream.bitrate_kbps > 0 {
+        stream.bitrate_kbps
+    } else {
+        placement.stream_kbps
+    };
+    u64::from(capacity.upload_kbps) >= u64::from(placement.relay_copies) * u64::from(kbps)
+}
+
 fn reconfigure(stream: &mut Stream, changes: &Changes, out: &mut Vec<Output>) {
     if changes.affected.is_empty() {
         return;

@@ -33,7 +33,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::SupervisorConfig;
-use crate::manager::{Manager, ManagerConfig, Output};
+use crate::manager::{Manager, ManagerConfig, Output, Placement};
 use crate::monitor::api::{Injector, MonitorState};
 use crate::monitor::{Monitor, MonitorQuery};
 use crate::state::{Authorized, StateDir, StateError};
@@ -314,6 +314,12 @@ impl Hub {
             manager: Manager::new(ManagerConfig {
                 topology,
                 bad_chunk_limit: config.integrity.bad_chunk_limit,
+                placement: Placement {
+                    relay_copies: config.placement.relay_copies,
+                    stream_kbps: config.placement.stream_kbps,
+                    lag_reporters: config.placement.lag_reporters,
+                    lag_window: Duration::from_millis(config.placement.lag_window_ms),
+                },
             }),
             peers: HashMap::new(),
             stopping: false,
@@ -361,7 +367,10 @@ impl Hub {
                     let _ = reply.send(result);
                     Vec::new()
                 }
-                HubCommand::Message { from, msg } => self.manager.handle(from, msg, &mut rng),
+                HubCommand::Message { from, msg } => {
+                    self.manager
+                        .handle(from, msg, Instant::now().into_std(), &mut rng)
+                }
                 HubCommand::Gone { id } => {
                     self.peers.remove(&id);
                     if self.stopping {

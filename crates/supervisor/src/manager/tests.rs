@@ -12,6 +12,7 @@ use miostream_protocol::signal::{Links, ResumeStream};
 struct Fixture {
     m: Manager,
     rng: ChaCha20Rng,
+    now: Instant,
 }
 
 fn fp(i: u8) -> KeyFingerprint {
@@ -24,8 +25,10 @@ impl Fixture {
             m: Manager::new(ManagerConfig {
                 topology: TopologyConfig::default(),
                 bad_chunk_limit: 2,
+                placement: Placement::default(),
             }),
             rng: ChaCha20Rng::seed_from_u64(9),
+            now: Instant::now(),
         }
     }
 
@@ -36,7 +39,7 @@ impl Fixture {
     }
 
     fn send(&mut self, from: PeerId, msg: PeerMessage) -> Vec<Output> {
-        self.m.handle(from, msg, &mut self.rng)
+        self.m.handle(from, msg, self.now, &mut self.rng)
     }
 
     fn stream(&mut self, b: PeerId, kind: TopologyKind) {
@@ -526,4 +529,132 @@ fn the_injector_fires_one_victim_per_stream() {
     inj.set(&start);
     let again: Vec<PeerId> = (0..5).flat_map(|_| inj.fire(&f.m)).collect();
     assert_eq!(again, first);
+}
+
+fn reconfigured(out: &[Output]) -> Vec<PeerId> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send(to, SupervisorMessage::Reconfigure { .. }) => Some(*to),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_capacity_probe_is_answered_on_its_last_message_and_bounded() {
+    let mut f = Fixture::new();
+    let b = f.peer(ComponentType::Broadcaster, 1);
+    f.stream(b, TopologyKind::Tree);
+    let r = f.peer(ComponentType::Receiver, 2);
+    let probe = |last| PeerMessage::CapacityProbe {
+        padding: "x".repeat(1000),
+        last,
+    };
+    assert!(f.send(r, probe(false)).is_empty());
+    let out = f.send(r, probe(true));
+    assert!(
+        matches!(out[..], [Output::Send(to, SupervisorMessage::CapacityProbeAck { bytes: 2000 })] if to == r),
+        "{out:?}"
+    );
+    // Past the bound, or after joining: refused.
+    for _ in 2..MAX_PROBE_MESSAGES {
+        f.send(r, probe(false));
+    }
+    assert_eq!(
+        error_code(&f.send(r, probe(true))),
+        Some(ErrorCode::Forbidden)
+    );
+    let r2 = f.peer(ComponentType::Receiver, 3);
+    f.join(r2);
+    assert_eq!(
+        error_code(&f.send(r2, probe(true))),
+        Some(ErrorCode::Forbidden)
+    );
+}
+
+#[test]
+fn a_receiver_whose_uplink_cannot_carry_a_relay_joins_as_a_leaf() {
+    let mut f = Fixture::new();
+    let b = f.peer(ComponentType::Broadcaster, 1);
+    f.stream(b, TopologyKind::Tree);
+    let join = |f: &mut Fixture, key, kbps| {
+        let r = f.peer(ComponentType::Receiver, key);
+        f.send(
+            r,
+            PeerMessage::JoinStream {
+                name: "s".into(),
+                capacity: Capacity {
+                    upload_kbps: kbps,
+                    rtt_ms: 1,
+                },
+            },
+        );
+        r
+    };
+    // A 2 Mbit/s laptop joins first (4 copies of the assumed 1.5 Mbit/s do
+    // not fit), then five wired desktops.
+    let slow = join(&mut f, 2, 2000);
+    let fast: Vec<PeerId> = (3..8).map(|k| join(&mut f, k, 100_000)).collect();
+    let stream = f.m.streams.values().next().unwrap();
+    assert_eq!(stream.topology.is_relay(slow), Some(false));
+    let l = stream.topology.links(slow).unwrap();
+    assert!(
+        l.children.is_empty() && l.backup_children.is_empty(),
+        "{l:?}"
+    );
+    for p in fast {
+        assert_eq!(stream.topology.is_relay(p), Some(true));
+    }
+}
+
+#[test]
+fn a_relay_reported_lagging_by_two_of_its_children_becomes_a_leaf() {
+    let mut f = Fixture::new();
+    let b = f.peer(ComponentType::Broadcaster, 1);
+    f.stream(b, TopologyKind::Tree);
+    let rs: Vec<PeerId> = (2..9)
+        .map(|k| {
+            let r = f.peer(ComponentType::Receiver, k);
+            f.join(r);
+            r
+        })
+        .collect();
+    let links = |f: &Fixture, p| {
+        f.m.streams
+            .values()
+            .next()
+            .unwrap()
+            .topology
+            .links(p)
+            .unwrap()
+    };
+    let relay = rs[0];
+    let children = links(&f, relay).children.clone();
+    assert_eq!(children.len(), 2);
+    let lag = |upstream| PeerMessage::ReportLagging { upstream };
+    // One child alone, and a peer it does not feed, change nothing.
+    assert!(f.send(children[0], lag(relay)).is_empty());
+    assert!(
+        f.send(children[0], lag(relay)).is_empty(),
+        "same reporter twice"
+    );
+    let stranger = *rs
+        .iter()
+        .find(|p| **p != relay && !links(&f, relay).all_peers().any(|q| q == **p))
+        .unwrap();
+    assert!(f.send(stranger, lag(relay)).is_empty());
+    // A second child, later than the window: still nothing.
+    f.now += Duration::from_secs(11);
+    assert!(f.send(children[1], lag(relay)).is_empty());
+    // Both within the window: demoted, its children reconfigured.
+    f.now += Duration::from_secs(1);
+    let out = f.send(children[0], lag(relay));
+    let told = reconfigured(&out);
+    assert!(children.iter().all(|c| told.contains(c)), "{told:?}");
+    let stream = f.m.streams.values().next().unwrap();
+    assert_eq!(stream.topology.is_relay(relay), Some(false));
+    let l = stream.topology.links(relay).unwrap();
+    assert!(l.children.is_empty() && l.backup_children.is_empty());
+    // The broadcaster is never demoted.
+    assert!(f.send(rs[1], lag(b)).is_empty());
 }
