@@ -329,24 +329,7 @@ impl Verifier {
         }
         let sampled = self.threshold >= 1.0 || rng.random::<f64>() < self.threshold;
         if sampled {
-            match &self.check {
-                Check::Hmac(key) => {
-                    let mut mac = key.mac();
-                    message(header, chunk.payload, |b| mac.update(b));
-                    mac.verify_slice(chunk.tag)
-                        .map_err(|_| IntegrityError::BadTag { stream, seq })?;
-                }
-                Check::Sign(key) => {
-                    let sig: [u8; 64] = chunk
-                        .tag
-                        .try_into()
-                        .map_err(|_| IntegrityError::BadSignature { stream, seq })?;
-                    let mut msg = Vec::with_capacity(DOMAIN.len() + 38 + chunk.payload.len());
-                    message(header, chunk.payload, |b| msg.extend_from_slice(b));
-                    key.verify_strict(&msg, &Signature::from_bytes(&sig))
-                        .map_err(|_| IntegrityError::BadSignature { stream, seq })?;
-                }
-            }
+            self.check_tag(chunk)?;
         }
         self.mark_seen(seq);
         Ok(if sampled {
@@ -354,6 +337,40 @@ impl Verifier {
         } else {
             Verdict::Unverified
         })
+    }
+
+    /// Checks a chunk's stream and tag only: no sampling, no replay window,
+    /// nothing recorded. For a copy of an accepted chunk whose bytes differ
+    /// from the accepted one: honest copies are identical, so a differing
+    /// copy that fails is a forgery, even though it came second.
+    pub fn check_tag(&self, chunk: &ChunkRef<'_>) -> Result<(), IntegrityError> {
+        let header = &chunk.header;
+        let (stream, seq) = (self.stream, header.seq);
+        if header.stream != stream {
+            return Err(IntegrityError::WrongStream {
+                expected: stream,
+                got: header.stream,
+                seq,
+            });
+        }
+        match &self.check {
+            Check::Hmac(key) => {
+                let mut mac = key.mac();
+                message(header, chunk.payload, |b| mac.update(b));
+                mac.verify_slice(chunk.tag)
+                    .map_err(|_| IntegrityError::BadTag { stream, seq })
+            }
+            Check::Sign(key) => {
+                let sig: [u8; 64] = chunk
+                    .tag
+                    .try_into()
+                    .map_err(|_| IntegrityError::BadSignature { stream, seq })?;
+                let mut msg = Vec::with_capacity(DOMAIN.len() + 38 + chunk.payload.len());
+                message(header, chunk.payload, |b| msg.extend_from_slice(b));
+                key.verify_strict(&msg, &Signature::from_bytes(&sig))
+                    .map_err(|_| IntegrityError::BadSignature { stream, seq })
+            }
+        }
     }
 
     fn was_seen(&self, seq: u64) -> bool {

@@ -35,6 +35,12 @@ impl Verify for IntegrityCheck {
         }
         result
     }
+
+    fn check_copy(&mut self, chunk: &ChunkRef<'_>) -> Result<(), Refusal> {
+        self.verifier
+            .check_tag(chunk)
+            .map_err(|e| Refusal::Forged(e.to_string()))
+    }
 }
 
 /// Refuses every chunk: the stream's keys were unusable.
@@ -42,6 +48,10 @@ struct RejectAll(String);
 
 impl Verify for RejectAll {
     fn verify(&mut self, _: &ChunkRef<'_>) -> Result<(), Refusal> {
+        Err(Refusal::Unchecked(self.0.clone()))
+    }
+
+    fn check_copy(&mut self, _: &ChunkRef<'_>) -> Result<(), Refusal> {
         Err(Refusal::Unchecked(self.0.clone()))
     }
 }

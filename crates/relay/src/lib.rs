@@ -41,8 +41,13 @@ pub struct RelayConfig {
     pub link_timeout: Duration,
     /// The ceiling of the adaptive link timeout.
     pub max_link_timeout: Duration,
-    /// An upstream whose copies arrive later than another upstream's by
-    /// more than this (smoothed) is dropped as lagging.
+    /// A link past its timeout is only *silent*: no longer an upstream (so
+    /// failover is as fast as the timeout), but kept open, since on a lossy
+    /// link a stalled association usually recovers within a second or two.
+    /// Silent for this long, it is dead and the driver closes it.
+    pub link_close_after: Duration,
+    /// An upstream whose copies arrive later than the first copy by more
+    /// than this (the median over 3 s) is dropped as lagging.
     pub max_lag: Duration,
     /// How long a lagging upstream stays out of the choice.
     pub lag_penalty: Duration,
@@ -69,7 +74,10 @@ impl Default for RelayConfig {
             // A death on an idle LAN is noticed within 200 ms.
             link_timeout: Duration::from_millis(200),
             max_link_timeout: Duration::from_secs(2),
-            max_lag: Duration::from_millis(400),
+            link_close_after: Duration::from_secs(5),
+            // A lost packet holds a copy back for up to SCTP's 1 s retransmission
+            // timeout: only a lag beyond that, sustained, is a slow upstream.
+            max_lag: Duration::from_millis(1000),
             lag_penalty: Duration::from_secs(10),
             buffer: Duration::from_secs(8),
             max_buffered_chunks: 8192,
@@ -104,11 +112,20 @@ pub enum Refusal {
 pub trait Verify {
     /// `Err` drops the chunk; see [`Refusal`] for what follows.
     fn verify(&mut self, chunk: &ChunkRef<'_>) -> Result<(), Refusal>;
+
+    /// Checks a copy of an accepted chunk whose bytes differ from the
+    /// accepted one (honest copies are identical): its tag only, with no
+    /// replay window. `Err(Refusal::Forged)` reports its sender.
+    fn check_copy(&mut self, chunk: &ChunkRef<'_>) -> Result<(), Refusal>;
 }
 
 impl Verify for Box<dyn Verify + Send> {
     fn verify(&mut self, chunk: &ChunkRef<'_>) -> Result<(), Refusal> {
         (**self).verify(chunk)
+    }
+
+    fn check_copy(&mut self, chunk: &ChunkRef<'_>) -> Result<(), Refusal> {
+        (**self).check_copy(chunk)
     }
 }
 
@@ -118,6 +135,10 @@ pub struct AcceptAll;
 
 impl Verify for AcceptAll {
     fn verify(&mut self, _: &ChunkRef<'_>) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    fn check_copy(&mut self, _: &ChunkRef<'_>) -> Result<(), Refusal> {
         Ok(())
     }
 }
@@ -166,8 +187,8 @@ pub enum Output {
         /// The last reason.
         reason: String,
     },
-    /// A link missed its heartbeats: the driver should close it (and may tell
-    /// the supervisor).
+    /// A link was silent for [`RelayConfig::link_close_after`]: the driver
+    /// should close it (and may tell the supervisor).
     LinkDead {
         /// The silent peer.
         peer: PeerId,

@@ -22,8 +22,18 @@ const MAX_DEPTH: u16 = 64;
 pub const GARBAGE_ALLOWANCE: u32 = 3;
 /// First arrivals remembered, to measure how late each upstream's copies are.
 const ARRIVALS_KEPT: usize = 512;
-/// Copies an upstream must have sent before its lag is judged.
-const LAG_SAMPLES: u32 = 8;
+/// An upstream lags when the median lateness of its copies over this
+/// window exceeds [`RelayConfig::max_lag`]: a median over seconds, so the
+/// copies a lost packet or a brief stall held back do not count, while a
+/// congested uplink, which delays them all, does.
+const LAG_WINDOW: std::time::Duration = std::time::Duration::from_secs(3);
+/// Samples needed, spanning at least two thirds of the window.
+const LAG_SAMPLES: usize = 9;
+const LAG_SAMPLES_KEPT: usize = 128;
+/// An upstream that sent no chunk for this long while others did is asked
+/// again (its subscription may have been lost, e.g. overtaken by an old
+/// unsubscribe on the unordered channel).
+const SILENT_UPSTREAM: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Counters for the receiver summary and the monitor.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -44,8 +54,11 @@ pub struct RelayStats {
     pub gap_requests: u64,
     /// Upstreams added after the first (failovers and reconfigurations).
     pub upstream_changes: u64,
-    /// Links declared dead by missed heartbeats.
+    /// Links declared dead: silent for [`RelayConfig::link_close_after`].
     pub dead_links: u64,
+    /// Times a link fell silent past its timeout (and stopped being an
+    /// upstream until heard again).
+    pub silent_links: u64,
     /// Frames that were not ours to read (undecodable, foreign control frames).
     pub garbage: u64,
     /// Upstreams dropped because their copies came later than the others' by
@@ -65,9 +78,13 @@ struct Link {
     /// link's timeout adapts to them (as TCP's RTO adapts to the RTT).
     gap_us: f64,
     gap_dev_us: f64,
-    /// Smoothed lateness of this upstream's copies behind the first copy (µs).
-    lag_us: f64,
-    lag_samples: u32,
+    /// Lateness of this upstream's recent copies behind the first copy:
+    /// (when, µs).
+    lags: VecDeque<(Instant, u64)>,
+    /// Past its timeout and not heard since.
+    silent: bool,
+    /// When it last sent a chunk, or we last subscribed to it.
+    fed_at: Instant,
     garbage: u32,
 }
 
@@ -79,8 +96,9 @@ impl Link {
             depth: UNREACHABLE,
             gap_us: hb,
             gap_dev_us: hb / 4.0,
-            lag_us: 0.0,
-            lag_samples: 0,
+            lags: VecDeque::new(),
+            silent: false,
+            fed_at: now,
             garbage: 0,
         }
     }
@@ -355,6 +373,13 @@ impl<V: Verify> Relay<V> {
             return; // not a live link of ours
         };
         link.heard(now);
+        if std::mem::take(&mut link.silent) {
+            // Heard again: a candidate upstream once more.
+            self.refresh_upstreams(now);
+        }
+        let Some(link) = self.up.get_mut(&from) else {
+            return;
+        };
         let decoded = match FrameRef::decode(&frame) {
             Ok(f) => f,
             Err(e) => {
@@ -371,6 +396,7 @@ impl<V: Verify> Relay<V> {
                 }
             }
             FrameRef::Chunk(chunk) => {
+                link.fed_at = now;
                 let header = chunk.header;
                 if header.stream != self.stream {
                     self.reject(
@@ -380,12 +406,22 @@ impl<V: Verify> Relay<V> {
                     );
                     return;
                 }
-                // A copy of what we accepted already is a duplicate, whatever
-                // its bytes: only a chunk we have not accepted can be forged
-                // (congestion makes late copies; it never makes forgers).
+                // A copy of what we accepted already is a duplicate
+                // (congestion makes late copies; it never makes forgers),
+                // unless its bytes differ from ours and its tag fails.
+                if let Some((_, held)) = self.store.get(header.seq) {
+                    if *held != frame {
+                        if let Err(Refusal::Forged(reason)) = self.verify.check_copy(&chunk) {
+                            self.reject(from, header.seq, reason);
+                            return;
+                        }
+                    }
+                    self.duplicate(from, header.seq, now);
+                    return;
+                }
                 let stale = header.kind == ChunkKind::Media
                     && self.next_deliver.is_some_and(|n| header.seq < n);
-                if stale || self.store.contains(header.seq) {
+                if stale {
                     self.duplicate(from, header.seq, now);
                     return;
                 }
@@ -471,21 +507,27 @@ impl<V: Verify> Relay<V> {
             self.liveness_grace = None;
         }
         self.lagging.retain(|_, until| *until > now);
-        let dead: Vec<PeerId> = if self.liveness_grace.is_some() {
-            Vec::new()
-        } else {
-            self.up
-                .iter()
-                .filter(|(_, l)| {
-                    now.saturating_duration_since(l.last_heard) > l.timeout(&self.config)
-                })
-                .map(|(p, _)| *p)
-                .collect()
-        };
-        for peer in dead {
-            self.stats.dead_links += 1;
-            self.out.push_back(Output::LinkDead { peer });
-            self.link_down(peer, now);
+        if self.liveness_grace.is_none() {
+            let mut fell_silent = false;
+            let mut dead = Vec::new();
+            for (p, l) in self.up.iter_mut() {
+                let silence = now.saturating_duration_since(l.last_heard);
+                if silence > self.config.link_close_after {
+                    dead.push(*p);
+                } else if !l.silent && silence > l.timeout(&self.config) {
+                    l.silent = true;
+                    fell_silent = true;
+                    self.stats.silent_links += 1;
+                }
+            }
+            for peer in dead {
+                self.stats.dead_links += 1;
+                self.out.push_back(Output::LinkDead { peer });
+                self.link_down(peer, now);
+            }
+            if fell_silent {
+                self.refresh_upstreams(now);
+            }
         }
         let expired: Vec<PeerId> = self
             .retiring
@@ -514,6 +556,57 @@ impl<V: Verify> Relay<V> {
         }
         self.repair_hole(now);
         self.ask_for_init(now);
+        self.renew_silent_upstreams(now);
+    }
+
+    /// Subscribes again to an upstream that sent no chunk for
+    /// [`SILENT_UPSTREAM`] while chunks kept coming from elsewhere.
+    fn renew_silent_upstreams(&mut self, now: Instant) {
+        let flowing = self.arrivals.back().is_some_and(|(_, t)| {
+            now.saturating_duration_since(*t) < self.config.heartbeat_interval * 10
+        });
+        if !flowing {
+            return;
+        }
+        let silent: Vec<PeerId> = self
+            .upstreams
+            .iter()
+            .copied()
+            .filter(|p| {
+                self.up
+                    .get(p)
+                    .is_some_and(|l| now.saturating_duration_since(l.fed_at) > SILENT_UPSTREAM)
+            })
+            .collect();
+        for peer in silent {
+            if let Some(l) = self.up.get_mut(&peer) {
+                l.fed_at = now;
+            }
+            let frame = self.subscribe_frame();
+            self.out.push_back(Output::Send { to: peer, frame });
+        }
+    }
+
+    fn subscribe_frame(&self) -> Bytes {
+        let mut flags = SubscribeFlags::empty();
+        if !self.store.has_init() {
+            flags = flags.with(SubscribeFlags::NEED_INIT);
+        }
+        let from = match self.next_deliver {
+            Some(n) => n,
+            None => {
+                flags = flags.with(SubscribeFlags::FROM_KEYFRAME);
+                0
+            }
+        };
+        let frame = Frame::Subscribe {
+            stream: self.stream,
+            from,
+            flags,
+        }
+        .encode()
+        .unwrap_or_default();
+        Bytes::from(frame)
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
@@ -523,7 +616,12 @@ impl<V: Verify> Relay<V> {
             Some(grace) => t = t.min(grace),
             None => {
                 for l in self.up.values() {
-                    t = t.min(l.last_heard + l.timeout(&self.config));
+                    let after = if l.silent {
+                        self.config.link_close_after
+                    } else {
+                        l.timeout(&self.config)
+                    };
+                    t = t.min(l.last_heard + after);
                 }
             }
         }
@@ -581,17 +679,29 @@ impl<V: Verify> Relay<V> {
         let Some(link) = self.up.get_mut(&from) else {
             return;
         };
-        let lag = now.saturating_duration_since(first).as_micros() as f64;
-        if link.lag_samples == 0 {
-            link.lag_us = lag;
+        let lag = now.saturating_duration_since(first).as_micros() as u64;
+        link.lags.push_back((now, lag));
+        while link.lags.len() > LAG_SAMPLES_KEPT
+            || link
+                .lags
+                .front()
+                .is_some_and(|(t, _)| now.saturating_duration_since(*t) > LAG_WINDOW)
+        {
+            link.lags.pop_front();
         }
-        link.lag_us += (lag - link.lag_us) / 8.0;
-        link.lag_samples = link.lag_samples.saturating_add(1);
-        let lagging =
-            link.lag_samples >= LAG_SAMPLES && link.lag_us > self.config.max_lag.as_micros() as f64;
+        let observed = link
+            .lags
+            .front()
+            .map_or(std::time::Duration::ZERO, |(t, _)| {
+                now.saturating_duration_since(*t)
+            });
+        let lagging = link.lags.len() >= LAG_SAMPLES && observed >= LAG_WINDOW * 2 / 3 && {
+            let mut sorted: Vec<u64> = link.lags.iter().map(|(_, l)| *l).collect();
+            sorted.sort_unstable();
+            sorted[sorted.len() / 2] > self.config.max_lag.as_micros() as u64
+        };
         if lagging && self.upstreams.len() > 1 {
-            link.lag_us = 0.0;
-            link.lag_samples = 0;
+            link.lags.clear();
             self.stats.lagging_upstreams += 1;
             self.lagging.insert(from, now + self.config.lag_penalty);
             self.out.push_back(Output::Lagging { peer: from });
@@ -683,7 +793,7 @@ impl<V: Verify> Relay<V> {
     /// Upstream candidates in order of preference (live links only).
     fn candidates(&self) -> Vec<PeerId> {
         let live = |p: &PeerId| {
-            self.up.contains_key(p)
+            self.up.get(p).is_some_and(|l| !l.silent)
                 && !self.subscribers.contains(p)
                 && !self.lagging.contains_key(p)
                 && *p != self.me
@@ -792,28 +902,11 @@ impl<V: Verify> Relay<V> {
                 self.stats.upstream_changes += 1;
             }
             self.ever_subscribed = true;
-            let mut flags = SubscribeFlags::empty();
-            if !self.store.has_init() {
-                flags = flags.with(SubscribeFlags::NEED_INIT);
+            if let Some(l) = self.up.get_mut(&peer) {
+                l.fed_at = now;
             }
-            let from = match self.next_deliver {
-                Some(n) => n,
-                None => {
-                    flags = flags.with(SubscribeFlags::FROM_KEYFRAME);
-                    0
-                }
-            };
-            let frame = Frame::Subscribe {
-                stream: self.stream,
-                from,
-                flags,
-            }
-            .encode()
-            .unwrap_or_default();
-            self.out.push_back(Output::Send {
-                to: peer,
-                frame: Bytes::from(frame),
-            });
+            let frame = self.subscribe_frame();
+            self.out.push_back(Output::Send { to: peer, frame });
         }
         let depth_before = self.depth();
         self.upstreams = next;
@@ -934,9 +1027,9 @@ impl<V: Verify> Relay<V> {
         let mut order: Vec<PeerId> = self.upstreams.clone();
         let mut others: Vec<PeerId> = self
             .up
-            .keys()
-            .copied()
-            .filter(|p| !order.contains(p))
+            .iter()
+            .filter(|(p, l)| !l.silent && !order.contains(p))
+            .map(|(p, _)| *p)
             .collect();
         others.sort();
         order.extend(others);

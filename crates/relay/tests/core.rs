@@ -35,6 +35,13 @@ impl Verify for ReplayCheck {
         }
         Ok(())
     }
+
+    fn check_copy(&mut self, chunk: &miostream_protocol::ChunkRef<'_>) -> Result<(), Refusal> {
+        if chunk.payload.first() == Some(&0xff) {
+            return Err(Refusal::Forged("bad signature".into()));
+        }
+        Ok(())
+    }
 }
 
 fn chunk(seq: u64, kind: ChunkKind, flags: ChunkFlags, ts: u64, byte: u8) -> Bytes {
@@ -240,6 +247,14 @@ fn a_forged_chunk_not_accepted_yet_is_reported() {
     // The genuine chunk still gets in afterwards.
     rig.from(rig.backups[0], media(1));
     assert_eq!(rig.relay.stats().chunks_received, 2);
+    // A forged copy that comes second, after the genuine one: its bytes
+    // differ and its tag fails, so it is a forgery all the same.
+    let forged = chunk(1, ChunkKind::Media, ChunkFlags::empty(), 50, 0xff);
+    let out = rig.from(a, forged);
+    assert_eq!(rejected(&out), 1);
+    // The genuine copy again is only a duplicate.
+    let out = rig.from(a, media(1));
+    assert_eq!(rejected(&out), 0);
 }
 
 #[test]
@@ -263,34 +278,47 @@ fn garbage_closes_the_link_after_a_small_allowance_and_is_never_reported() {
 }
 
 #[test]
-fn a_death_on_an_idle_lan_is_noticed_within_250_ms() {
-    let mut rig = Rig::new(1, RelayConfig::default());
-    let (a, b) = (rig.parent, rig.backups[0]);
-    // Two seconds of steady heartbeats every 50 ms from both.
+fn a_death_on_an_idle_lan_fails_over_within_250_ms_and_closes_the_link_later() {
+    let config = RelayConfig::default();
+    let close_after = config.link_close_after;
+    let mut rig = Rig::new(2, config);
+    let (a, b, c) = (rig.parent, rig.backups[0], rig.backups[1]);
+    assert_eq!(rig.relay.upstreams(), &[a, b]);
+    // Two seconds of steady heartbeats every 50 ms from all three.
     for _ in 0..40 {
         let mut out = rig.advance(Duration::from_millis(50));
-        out.extend(rig.from(a, heartbeat(1)));
-        out.extend(rig.from(b, heartbeat(1)));
+        for p in [a, b, c] {
+            out.extend(rig.from(p, heartbeat(1)));
+        }
         assert!(dead(&out).is_empty());
+        assert_eq!(rig.relay.stats().silent_links, 0);
     }
-    // `a` dies right after its last heartbeat; `b` goes on.
+    // `a` dies right after its last heartbeat; the others go on.
     let died = rig.now;
-    let mut noticed = None;
-    for step in 1..=50 {
+    let mut failed_over = None;
+    let mut closed = None;
+    for step in 1..=700 {
         let out = rig.advance(Duration::from_millis(10));
+        if failed_over.is_none() && subscribes(&out).iter().any(|(to, ..)| *to == c) {
+            failed_over = Some(rig.now - died);
+            assert_eq!(rig.relay.upstreams(), &[b, c]);
+        }
         if dead(&out).contains(&a) {
-            noticed = Some(rig.now - died);
+            closed = Some(rig.now - died);
             break;
         }
         if step % 5 == 0 {
             rig.from(b, heartbeat(1));
+            rig.from(c, heartbeat(1));
         }
     }
-    let noticed = noticed.expect("the dead link was never noticed");
+    let failed_over = failed_over.expect("never failed over");
     assert!(
-        noticed < Duration::from_millis(250),
-        "noticed after {noticed:?}"
+        failed_over < Duration::from_millis(250),
+        "failed over after {failed_over:?}"
     );
+    let closed = closed.expect("the dead link was never closed");
+    assert!(closed > close_after && closed < close_after + Duration::from_millis(50));
 }
 
 #[test]
@@ -299,27 +327,41 @@ fn a_jittery_link_is_given_the_time_its_jitter_asks_for() {
     let (a, b) = (rig.parent, rig.backups[0]);
     // `a`'s sender is starved now and then: heartbeats in bursts, with
     // 300 ms silences between them; `b` is steady.
+    let mut silent_late = 0;
     for round in 0..20 {
-        let mut out = Vec::new();
+        let before = rig.relay.stats().silent_links;
         for _ in 0..6 {
-            out.extend(rig.advance(Duration::from_millis(50)));
-            out.extend(rig.from(b, heartbeat(1)));
+            rig.advance(Duration::from_millis(50));
+            rig.from(b, heartbeat(1));
         }
         for _ in 0..3 {
-            out.extend(rig.from(a, heartbeat(1)));
+            rig.from(a, heartbeat(1));
         }
         if round >= 4 {
             // After a few rounds the timeout has learnt the pattern.
-            assert!(dead(&out).is_empty(), "round {round}: {:?}", dead(&out));
-        }
-        if !rig.relay.is_up(&a) {
-            rig.relay.link_up(a, rig.now);
-            rig.from(a, heartbeat(1));
+            silent_late += rig.relay.stats().silent_links - before;
         }
     }
-    // Silence well beyond that pattern is still a death.
-    let out = rig.advance(Duration::from_millis(2500));
-    assert!(dead(&out).contains(&a));
+    assert_eq!(silent_late, 0, "still taken for silent after learning");
+    assert!(
+        rig.relay.stats().silent_links > 0,
+        "the first silences did count"
+    );
+    let mut ups = rig.relay.upstreams().to_vec();
+    ups.sort();
+    let mut both = vec![a, b];
+    both.sort();
+    assert_eq!(ups, both);
+    // Silence well beyond that pattern still makes it silent, then dead.
+    let mut out = Vec::new();
+    for step in 0..110 {
+        out.extend(rig.advance(Duration::from_millis(50)));
+        rig.from(b, heartbeat(1));
+        if step == 50 {
+            assert_eq!(rig.relay.upstreams(), &[b], "silent after 2.5 s");
+        }
+    }
+    assert!(dead(&out).contains(&a), "dead after 5.5 s");
 }
 
 #[test]
@@ -343,8 +385,9 @@ fn our_own_stall_declares_no_link_dead() {
     rig.from(b, heartbeat(1));
     out.extend(rig.advance(Duration::from_millis(40)));
     assert!(dead(&out).is_empty(), "{:?}", dead(&out));
+    assert_eq!(rig.relay.stats().silent_links, 0);
     assert_eq!(rig.relay.stats().local_stalls, 1);
-    assert!(rig.relay.is_up(&a) && rig.relay.is_up(&b));
+    assert_eq!(rig.relay.upstreams(), &[a, b]);
 }
 
 #[test]
@@ -354,16 +397,16 @@ fn an_upstream_whose_copies_lag_is_replaced() {
     assert_eq!(rig.relay.upstreams(), &[a, b]);
     rig.from(b, init(0));
     rig.from(a, init(0));
-    // `b` is live; the parent `a` sends every chunk 600 ms late (its uplink
+    // `b` is live; the parent `a` sends every chunk 1.5 s late (its uplink
     // is congested).
     let mut out = Vec::new();
-    for seq in 1..=40u64 {
+    for seq in 1..=100u64 {
         out.extend(rig.advance(Duration::from_millis(50)));
         out.extend(rig.from(b, media(seq)));
         out.extend(rig.from(c, heartbeat(1)));
         out.extend(rig.from(a, heartbeat(1)));
-        if seq > 12 {
-            out.extend(rig.from(a, media(seq - 12)));
+        if seq > 30 {
+            out.extend(rig.from(a, media(seq - 30)));
         }
     }
     assert_eq!(unsubscribes(&out), vec![a], "{out:?}");
@@ -401,4 +444,27 @@ fn a_missing_init_segment_is_asked_for_again_without_replaying_media() {
         .filter(|o| matches!(o, Output::Deliver { .. }))
         .count();
     assert_eq!(delivered, 6, "{out:?}");
+}
+
+#[test]
+fn an_upstream_that_falls_silent_while_others_feed_us_is_asked_again() {
+    let mut rig = Rig::new(1, RelayConfig::default());
+    let (a, b) = (rig.parent, rig.backups[0]);
+    rig.from(b, init(0));
+    // `b` feeds us; `a` is alive (heartbeats) but sends no chunk: our
+    // subscription was lost on the way.
+    let mut out = Vec::new();
+    for seq in 1..=60u64 {
+        out.extend(rig.advance(Duration::from_millis(50)));
+        out.extend(rig.from(b, media(seq)));
+        out.extend(rig.from(a, heartbeat(1)));
+    }
+    let renewed: Vec<_> = subscribes(&out)
+        .into_iter()
+        .filter(|(to, ..)| *to == a)
+        .collect();
+    assert!(!renewed.is_empty(), "never asked the silent upstream again");
+    assert!(renewed.len() <= 2, "asked too often: {renewed:?}");
+    // `b`, which feeds us, is never asked again.
+    assert!(subscribes(&out).iter().all(|(to, ..)| *to != b));
 }

@@ -31,6 +31,10 @@ impl Verify for PayloadCheck {
             )))
         }
     }
+
+    fn check_copy(&mut self, chunk: &miostream_protocol::ChunkRef<'_>) -> Result<(), Refusal> {
+        self.verify(chunk)
+    }
 }
 
 const STREAM: StreamId = StreamId(7);

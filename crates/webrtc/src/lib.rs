@@ -1,7 +1,13 @@
 //! The WebRTC transport of MioStream peers.
 //!
-//! One overlay link = one peer connection with one reliable, ordered data
-//! channel. The peer with the smaller id makes the offer; offer and answer
+//! One overlay link = one peer connection with one reliable, *unordered*
+//! data channel: a packet lost on a lossy link (Wi-Fi) delays only the
+//! frame it belongs to, never the heartbeats and chunks behind it (SCTP's
+//! retransmission timeout is at least 1 s here, so an ordered channel turns
+//! 1 % loss into second-long silences that look like dead links). The relay
+//! orders chunks by sequence number itself; its control frames carry no
+//! ordering assumption it cannot repair (a subscription that an old
+//! unsubscribe overtook is renewed when the upstream falls silent). The peer with the smaller id makes the offer; offer and answer
 //! travel through the supervisor's signaling relay as complete SDPs (host
 //! candidates are gathered at once, so no trickling is needed on a LAN;
 //! STUN servers add reflexive candidates for NAT). Links are set up in
@@ -292,7 +298,7 @@ async fn connect(
     let dc = match offer {
         None => {
             let init = RTCDataChannelInit {
-                ordered: true,
+                ordered: false,
                 ..Default::default()
             };
             let dc = pc.create_data_channel("miostream", Some(init)).await?;
