@@ -141,6 +141,8 @@ struct Slot {
     identity: PathBuf,
     child: Option<Child>,
     incarnations: u32,
+    /// Incarnations the supervisor cut out (see [`cut_out_reason`]).
+    cut_outs: u32,
 }
 
 /// A running deployment.
@@ -284,6 +286,7 @@ impl Cluster {
                 identity: keys.join(format!("r{i}")),
                 child: None,
                 incarnations: 0,
+                cut_outs: 0,
             })
             .collect();
         let mut cluster = Self {
@@ -356,6 +359,12 @@ impl Cluster {
     /// Processes a slot has had.
     pub fn incarnations(&self, slot: usize) -> u32 {
         self.slots.get(slot).map_or(0, |s| s.incarnations)
+    }
+
+    /// Incarnations of a slot that the supervisor cut out (as seen by
+    /// [`Cluster::exited`] and [`Cluster::stop`]).
+    pub fn cut_outs(&self, slot: usize) -> u32 {
+        self.slots.get(slot).map_or(0, |s| s.cut_outs)
     }
 
     /// Starts a new receiver process in `slot` (a new viewer).
@@ -521,14 +530,30 @@ impl Cluster {
     }
 
     /// Slots whose process exited on its own (not killed by us): a receiver
-    /// that fails is a finding, not noise. Returns (slot, reason).
+    /// that fails is a finding, not noise. Returns (slot, reason). One that
+    /// the supervisor cut out (a failed exit whose log ends with a
+    /// `Misbehaving` refusal, see [`cut_out_reason`]) counts in
+    /// [`Cluster::cut_outs`] and its reason says "cut out".
     pub fn exited(&mut self) -> Vec<(usize, String)> {
         let mut gone = Vec::new();
         for (i, s) in self.slots.iter_mut().enumerate() {
             if let Some(child) = s.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     let log = self.dir.join(format!("r{i}.{}.log", s.incarnations));
-                    gone.push((i, format!("{status}: {}", tail(&log))));
+                    let cut = if status.success() {
+                        None
+                    } else {
+                        cut_out_reason(&std::fs::read_to_string(&log).unwrap_or_default())
+                    };
+                    let why = match cut {
+                        Some(reason) => {
+                            s.cut_outs += 1;
+                            warn!(slot = i, "receiver cut out by the supervisor: {reason}");
+                            format!("{status}, cut out by the supervisor: {reason}")
+                        }
+                        None => format!("{status}: {}", tail(&log)),
+                    };
+                    gone.push((i, why));
                     s.child = None;
                 }
             }
@@ -557,6 +582,11 @@ impl Cluster {
     /// summaries), then the broadcaster and the supervisor. Whatever has not
     /// exited within `grace` is killed.
     pub async fn stop(&mut self, grace: Duration) {
+        // Receivers that exited since the last look still count (a cut-out
+        // right before the end).
+        for (slot, why) in self.exited() {
+            debug!(slot, "exited before the stop: {why}");
+        }
         let mut receivers: Vec<(usize, Child)> = self
             .slots
             .iter_mut()
@@ -626,6 +656,20 @@ pub fn read_summary(path: &Path) -> Option<Summary> {
     Summary::parse(&std::fs::read_to_string(path).ok()?).ok()
 }
 
+/// Whether a receiver's log (its stderr) ends with the supervisor cutting
+/// it out: the binary's final error line (`miostream-receiver: ...`, printed
+/// once at a failed exit) names a `Misbehaving` close, e.g.
+/// "supervisor closed the session: 3 chunks you relayed failed verification
+/// (Misbehaving)". Returns that reason.
+pub fn cut_out_reason(log: &str) -> Option<String> {
+    let last = log
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("miostream-receiver: "))?;
+    (last.contains("(Misbehaving)") || last.contains("chunks you relayed failed verification"))
+        .then(|| last.to_owned())
+}
+
 /// The last lines of a log, on one line, for an error message.
 pub fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -636,5 +680,29 @@ pub fn tail(path: &Path) -> String {
         format!("(nothing in {})", path.display())
     } else {
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_final_misbehaving_refusal_is_a_cut_out() {
+        let cut = "2026-12-01T20:00:00Z  WARN miostream_peer: link to 1234 silent\n\
+                   miostream-receiver: supervisor closed the session: 3 chunks you relayed failed verification (Misbehaving)\n";
+        assert_eq!(
+            cut_out_reason(cut).as_deref(),
+            Some("supervisor closed the session: 3 chunks you relayed failed verification (Misbehaving)")
+        );
+        for other in [
+            "",
+            "miostream-receiver: supervisor closed the session: key revoked (Revoked)\n",
+            "miostream-receiver: never joined the stream\n",
+            // A warning that mentions the code is not the exit line.
+            "WARN bad chunk reported (Misbehaving)\n",
+        ] {
+            assert_eq!(cut_out_reason(other), None, "{other:?}");
+        }
     }
 }

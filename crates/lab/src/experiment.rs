@@ -128,14 +128,17 @@ pub struct Row {
     pub bytes_received_wire: Option<u64>,
     /// The run's offload (the same on every row of the run).
     pub offload: Option<f64>,
+    /// Times the supervisor cut this slot out (its receiver exited with a
+    /// `Misbehaving` refusal).
+    pub cut_out: u32,
 }
 
 /// The CSV header of [`Row`]s.
-pub const CSV_HEADER: &str = "topology,distribution,rate,seed,receivers,duration_s,threshold,integrity,receiver,incarnations,stalls,stall_ms,played_ms,goodput_bps,latency_ms_p50,latency_ms_p99,chunks_received,chunks_verified,chunks_rejected,chunks_lost,parent_changes,network,bytes_sent,bytes_received_wire,offload";
+pub const CSV_HEADER: &str = "topology,distribution,rate,seed,receivers,duration_s,threshold,integrity,receiver,incarnations,stalls,stall_ms,played_ms,goodput_bps,latency_ms_p50,latency_ms_p99,chunks_received,chunks_verified,chunks_rejected,chunks_lost,parent_changes,network,bytes_sent,bytes_received_wire,offload,cut_out";
 
-/// The columns `results.csv` had before the network ones: such files
-/// still read (the new cells empty).
-const CSV_HEADER_V1_LEN: usize = 21;
+/// The column counts of older `results.csv` files, which still read (the
+/// newer cells empty): before the network columns, and before `cut_out`.
+const CSV_HEADER_OLD_LENS: [usize; 2] = [21, 25];
 
 /// The CSV header of `hosts.csv`: one row per host per run (with
 /// `--network`): the run's key, then the host's role (`supervisor`,
@@ -226,6 +229,7 @@ impl Row {
             opt(self.bytes_received_wire),
             self.offload.map_or(String::new(), |o| format!("{o:.4}"))
         );
+        let _ = write!(s, ",{}", self.cut_out);
         s
     }
 }
@@ -339,6 +343,7 @@ pub async fn run(
                 bytes_received_wire: wire.map(|b| b.rx).or(qos.wire_bytes_received),
                 qos,
                 offload: None,
+                cut_out: cluster.cut_outs(slot),
             }
         })
         .collect();
@@ -580,22 +585,33 @@ async fn measure(
 }
 
 /// Reads `path` as a results CSV written by the lab (header checked; a
-/// file from before the network columns reads with those cells empty).
+/// file from before the network columns or before `cut_out` reads with
+/// those cells empty).
 pub fn read_results(path: &Path) -> anyhow::Result<Vec<Vec<String>>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse_results(&text)
+        .with_context(|| format!("{} is not a miostream-lab results.csv", path.display()))
+}
+
+/// [`read_results`] on a file's text: every row as long as
+/// [`CSV_HEADER`] (an older file's missing cells empty).
+pub fn parse_results(text: &str) -> anyhow::Result<Vec<Vec<String>>> {
     let mut lines = text.lines();
     let header = lines.next().unwrap_or_default();
     let columns: Vec<&str> = CSV_HEADER.split(',').collect();
-    let old = columns[..CSV_HEADER_V1_LEN].join(",");
-    if header != CSV_HEADER && header != old {
-        bail!("{} is not a miostream-lab results.csv", path.display());
+    let known = header == CSV_HEADER
+        || CSV_HEADER_OLD_LENS
+            .iter()
+            .any(|&n| header == columns[..n].join(","));
+    if !known {
+        bail!("unknown header {header:?}");
     }
     Ok(lines
         .filter(|l| !l.is_empty())
         .map(|l| {
             let mut row: Vec<String> = l.split(',').map(str::to_owned).collect();
-            if row.len() == CSV_HEADER_V1_LEN {
+            if row.len() < columns.len() {
                 row.resize(columns.len(), String::new());
             }
             row
@@ -692,6 +708,7 @@ mod tests {
             bytes_sent: None,
             bytes_received_wire: None,
             offload: None,
+            cut_out: 0,
         };
         let csv = row.csv();
         assert_eq!(csv.split(',').count(), CSV_HEADER.split(',').count());
@@ -707,7 +724,7 @@ mod tests {
             idle.csv().starts_with("tree,none,0,"),
             "no failures, no distribution"
         );
-        assert!(csv.ends_with(",loopback,,,"), "no wire counters: {csv}");
+        assert!(csv.ends_with(",loopback,,,,0"), "no wire counters: {csv}");
         let shaped = Row {
             experiment: Experiment {
                 network: Some(crate::network::OFFICE),
@@ -716,10 +733,11 @@ mod tests {
             bytes_sent: Some(1_500_000),
             bytes_received_wire: Some(3_000_000),
             offload: Some(0.625),
+            cut_out: 2,
             ..idle.clone()
         };
         assert!(
-            shaped.csv().ends_with(",office,1500000,3000000,0.6250"),
+            shaped.csv().ends_with(",office,1500000,3000000,0.6250,2"),
             "{}",
             shaped.csv()
         );
@@ -754,6 +772,7 @@ mod tests {
                         bytes_sent: Some(1000 * slot as u64),
                         bytes_received_wire: Some(2000),
                         offload: Some(0.5),
+                        cut_out: 0,
                     }
                     .csv(),
                 )
@@ -791,5 +810,21 @@ mod tests {
         assert!(t.contains("offload 0.500"), "{t}");
         let other = Experiment { seed: 2, ..e };
         assert!(!run_table(&other.key(), &results, &hosts).contains("wifi"));
+    }
+
+    #[test]
+    fn older_results_files_read_with_the_newer_cells_empty() {
+        let columns: Vec<&str> = CSV_HEADER.split(',').collect();
+        let row = |n: usize| vec!["1"; n].join(",");
+        for n in [21, 25, columns.len()] {
+            let text = format!("{}\n{}\n\n{}\n", columns[..n].join(","), row(n), row(n));
+            let rows = parse_results(&text).unwrap();
+            assert_eq!(rows.len(), 2, "{n} columns");
+            assert!(rows.iter().all(|r| r.len() == columns.len()), "{n} columns");
+            let cut = columns.iter().position(|c| *c == "cut_out").unwrap();
+            assert_eq!(rows[0][cut], if n == columns.len() { "1" } else { "" });
+        }
+        assert!(parse_results("topology,rate\n1,2\n").is_err());
+        assert!(parse_results("").is_err());
     }
 }

@@ -37,6 +37,9 @@ pub struct Point {
     pub stalled_pct: f64,
     /// Chunks lost per peer.
     pub lost: f64,
+    /// Times a receiver was cut out by the supervisor, all rows together
+    /// (files from before `cut_out`: 0).
+    pub cut_out: u64,
 }
 
 fn column(name: &str) -> usize {
@@ -103,6 +106,17 @@ pub fn aggregate(rows: &[Vec<String>]) -> anyhow::Result<Vec<Point>> {
                 0.0
             },
             lost: total("chunks_lost")? / n,
+            cut_out: rows
+                .iter()
+                .map(|r| {
+                    let cell = r.get(column("cut_out")).map_or("", String::as_str);
+                    if cell.is_empty() {
+                        return Ok(0);
+                    }
+                    cell.parse::<u64>()
+                        .with_context(|| format!("cut_out = {cell:?} is not a count"))
+                })
+                .sum::<anyhow::Result<u64>>()?,
         });
     }
     Ok(points)
@@ -361,6 +375,23 @@ mod tests {
             vec![(0.0, 0.0), (1.0, 200.0)],
             "the failure-free run starts every line"
         );
+    }
+
+    #[test]
+    fn cut_outs_add_up_per_point_and_old_rows_count_none() {
+        let old = row("tree", "uniform", 1.0, 1.0, 0, 0);
+        let mut new = old.clone();
+        new.resize(CSV_HEADER.split(',').count(), String::new());
+        new[column("cut_out")] = "2".into();
+        let mut empty = new.clone();
+        empty[column("cut_out")] = String::new();
+        let points = aggregate(&[old.clone(), new.clone(), new.clone(), empty]).expect("valid");
+        assert_eq!(points.len(), 1);
+        assert_eq!(points[0].cut_out, 4);
+        assert_eq!(aggregate(&[old]).expect("valid")[0].cut_out, 0);
+        new[column("cut_out")] = "x".into();
+        let e = aggregate(&[new]).expect_err("not a count");
+        assert!(e.to_string().contains("cut_out"), "{e}");
     }
 
     #[test]

@@ -201,7 +201,7 @@ pub async fn run(
                 && (e.rate == 0.0 || p.distribution == e.distribution.to_string())
         }) {
             eprintln!(
-                "  {} failures injected{}; per peer: {:.0} ms stalled, {:.2} stalls, {:.2} Mbit/s, {:.1} chunks lost; {:.3} % of play stalled{}",
+                "  {} failures injected{}; per peer: {:.0} ms stalled, {:.2} stalls, {:.2} Mbit/s, {:.1} chunks lost; {:.3} % of play stalled; {} cut out by the supervisor{}",
                 outcome.failures,
                 if outcome.failures > 0 && !outcome.by_overlay_order { " (by join order: no monitor)" } else { "" },
                 p.stall_ms,
@@ -209,6 +209,7 @@ pub async fn run(
                 p.goodput_bps / 1e6,
                 p.lost,
                 p.stalled_pct,
+                outcome.rows.iter().map(|r| r.cut_out).sum::<u32>(),
                 if outcome.crashed.is_empty() {
                     String::new()
                 } else {
@@ -280,7 +281,7 @@ pub fn report_text(points: &[Point]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<6} {:<9} {:>5} {:>9} {:>6} {:>12} {:>12} {:>10} {:>10} {:>10}  network",
+        "{:<6} {:<9} {:>5} {:>9} {:>6} {:>12} {:>12} {:>10} {:>10} {:>10} {:>7}  network",
         "topo",
         "dist",
         "rate",
@@ -291,11 +292,12 @@ pub fn report_text(points: &[Point]) -> String {
         "% stalled",
         "Mbit/s",
         "lost/peer",
+        "cut out",
     );
     for p in points {
         let _ = writeln!(
             s,
-            "{:<6} {:<9} {:>5} {:>9} {:>6} {:>12.1} {:>12.2} {:>10.4} {:>10.2} {:>10.1}  {}",
+            "{:<6} {:<9} {:>5} {:>9} {:>6} {:>12.1} {:>12.2} {:>10.4} {:>10.2} {:>10.1} {:>7}  {}",
             p.topology,
             p.distribution,
             p.rate,
@@ -306,6 +308,7 @@ pub fn report_text(points: &[Point]) -> String {
             p.stalled_pct,
             p.goodput_bps / 1e6,
             p.lost,
+            p.cut_out,
             p.network
         );
     }
@@ -416,6 +419,7 @@ mod tests {
             goodput_bps: 1.2e6,
             stalled_pct: 0.0,
             lost: 0.0,
+            cut_out: 0,
         };
         let text = report_text(&[p("tree", 0.0, 0.0), p("tree", 5.0, 12.0)]);
         assert!(
@@ -423,5 +427,13 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("list  0/s:      - (paper 2807)"), "{text}");
+        let cut = report_text(&[Point {
+            cut_out: 3,
+            ..p("tree", 1.0, 0.0)
+        }]);
+        let head = cut.lines().next().unwrap();
+        let row = cut.lines().nth(1).unwrap();
+        assert!(head.ends_with("cut out  network"), "{cut}");
+        assert!(row.ends_with("      3  loopback"), "{cut}");
     }
 }

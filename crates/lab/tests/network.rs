@@ -6,26 +6,18 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use miostream_lab::hosts::{self, in_namespace, Net};
 use miostream_lab::network::Profile;
-
-/// Whether this machine can make shaped hosts; under CI it must.
-fn namespaces_available() -> bool {
-    match hosts::check_support() {
-        Ok(()) => true,
-        Err(why) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipped: {why}");
-            false
-        }
-        Err(why) => panic!("CI must be able to run the shaped-network tests: {why}"),
-    }
-}
+use support::{binaries_present, lab, namespaces_available, Lab};
 
 const TWO_HOSTS: &str = r#"
 name = "two"
@@ -161,48 +153,6 @@ fn the_example_profile_file_is_the_office_profile() {
     );
 }
 
-fn lab() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_miostream-lab"))
-}
-
-/// Whether the peer binaries were built beside the lab (see lab.rs).
-fn binaries_present() -> bool {
-    let dir = lab().parent().unwrap().to_owned();
-    let present = [
-        "miostream-supervisor",
-        "miostream-broadcaster",
-        "miostream-receiver",
-    ]
-    .iter()
-    .all(|b| dir.join(b).is_file());
-    if !present {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must build every binary (cargo test --workspace)"
-        );
-        eprintln!("skipped: run `cargo build --bins` (or cargo test --workspace) first");
-    }
-    present
-}
-
-/// The lab as a child process, killed if the test fails.
-struct Lab(std::process::Child);
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            // SIGTERM: the lab stops its children and removes its hosts.
-            let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 #[test]
 fn an_office_experiment_records_the_profile_and_wire_bytes_and_leaves_no_namespace() {
     if !namespaces_available() || !binaries_present() {
@@ -212,54 +162,38 @@ fn an_office_experiment_records_the_profile_and_wire_bytes_and_leaves_no_namespa
     let out = tmp.path().join("office");
     let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/test.webm");
     let duration = 10u64;
-    let mut lab = Lab(Command::new(lab())
-        .args(["experiment", "--network", "office", "--receivers", "4"])
-        .args([
-            "--topology",
-            "tree",
-            "--failures-per-sec",
-            "0.3",
-            "--seed",
-            "5",
-        ])
-        .args(["--duration", &duration.to_string(), "--input"])
-        .arg(&input)
-        .arg("--out")
-        .arg(&out)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap());
-    let pid = lab.0.id();
-    let mut stdout = String::new();
-    let mut stderr = String::new();
+    let lab = Lab::start(
+        &[
+            OsStr::new("experiment"),
+            OsStr::new("--network"),
+            OsStr::new("office"),
+            OsStr::new("--receivers"),
+            OsStr::new("4"),
+            OsStr::new("--topology"),
+            OsStr::new("tree"),
+            OsStr::new("--failures-per-sec"),
+            OsStr::new("0.3"),
+            OsStr::new("--seed"),
+            OsStr::new("5"),
+            OsStr::new("--duration"),
+            OsStr::new(&duration.to_string()),
+            OsStr::new("--input"),
+            input.as_os_str(),
+            OsStr::new("--out"),
+            out.as_os_str(),
+        ],
+        &[],
+    );
     // Bounded: the lab's own warm-up limit is 30 s + 0.3 s per receiver.
-    let deadline = Instant::now() + Duration::from_secs(150);
-    while lab.0.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the experiment took too long");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    lab.0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    lab.0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let status = lab.0.wait().unwrap();
+    let run = lab.finish(Duration::from_secs(150));
+    let (stdout, stderr, pid) = (run.stdout, run.stderr, run.pid);
     let ours = format!("mslab{pid}n");
     assert_eq!(
         hosts::leftovers(&ours),
         Vec::<String>::new(),
         "the run's namespaces are removed"
     );
-    assert!(status.success(), "experiment failed:\n{stdout}\n{stderr}");
+    assert!(run.ok, "experiment failed:\n{stdout}\n{stderr}");
     assert!(
         stderr.contains("receiver(s) of class wifi joined first"),
         "Wi-Fi hosts join first:\n{stderr}"
@@ -269,8 +203,14 @@ fn an_office_experiment_records_the_profile_and_wire_bytes_and_leaves_no_namespa
     let header: Vec<&str> = results.lines().next().unwrap().split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
     assert_eq!(
-        &header[header.len() - 4..],
-        ["network", "bytes_sent", "bytes_received_wire", "offload"]
+        &header[header.len() - 5..],
+        [
+            "network",
+            "bytes_sent",
+            "bytes_received_wire",
+            "offload",
+            "cut_out"
+        ]
     );
     let rows: Vec<Vec<&str>> = results
         .lines()
