@@ -4,37 +4,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::ffi::OsStr;
 use std::process::Command;
+use std::time::Duration;
 
-fn lab() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_miostream-lab"))
-}
-
-/// Whether the peer binaries were built beside the lab; outside CI a
-/// `cargo test -p miostream-lab` alone does not build them.
-fn binaries_present() -> bool {
-    let dir = lab().parent().unwrap().to_owned();
-    let present = [
-        "miostream-supervisor",
-        "miostream-broadcaster",
-        "miostream-receiver",
-    ]
-    .iter()
-    .all(|b| dir.join(b).is_file());
-    if !present {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must build every binary (cargo test --workspace)"
-        );
-        eprintln!("skipped: run `cargo build --bins` (or cargo test --workspace) first");
-    }
-    present
-}
-
-fn assets() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/test.webm")
-}
+use support::{assets, binaries_present, lab, Lab};
 
 fn run(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(lab())
@@ -171,4 +147,96 @@ fn bad_arguments_are_one_line_errors() {
     let (ok, _, stderr) = run(&["plot", "--out", tmp.path().to_str().unwrap()]);
     assert!(!ok);
     assert!(stderr.contains("results.csv"), "{stderr}");
+}
+
+/// `cut_out` counts what the supervisor cut out: a receiver whose process
+/// ends with the receiver's refusal line for a `Misbehaving` close (here
+/// a stand-in for `miostream-receiver` that plays through the real one,
+/// then exits as a cut-out receiver does, once, in slot 2) counts 1 in its
+/// slot, and a new viewer takes the slot.
+#[test]
+fn a_receiver_cut_out_by_the_supervisor_counts_in_its_slot() {
+    if !binaries_present() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let bins = tmp.path().join("bin");
+    std::fs::create_dir(&bins).unwrap();
+    let real = lab().parent().unwrap().to_owned();
+    for b in ["miostream-supervisor", "miostream-broadcaster"] {
+        std::os::unix::fs::symlink(real.join(b), bins.join(b)).unwrap();
+    }
+    let marker = tmp.path().join("cut");
+    let script = format!(
+        r#"#!/bin/sh
+case " $* " in
+  *" run "*"/keys/r2 "*)
+    if [ ! -e '{marker}' ]; then
+      : > '{marker}'
+      '{real}' "$@" &
+      pid=$!
+      trap 'kill $pid; wait $pid; exit 143' TERM INT
+      sleep 8 &
+      wait $!
+      kill $pid
+      wait $pid
+      echo "miostream-receiver: supervisor closed the session: 3 chunks you relayed failed verification (Misbehaving)" >&2
+      exit 1
+    fi ;;
+esac
+exec '{real}' "$@"
+"#,
+        marker = marker.display(),
+        real = real.join("miostream-receiver").display()
+    );
+    let fake = bins.join("miostream-receiver");
+    std::fs::write(&fake, script).unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = tmp.path().join("exp");
+    let input = assets();
+    let d = |s: &'static str| OsStr::new(s);
+    let lab = Lab::start(
+        &[
+            d("experiment"),
+            d("--receivers"),
+            d("3"),
+            d("--topology"),
+            d("tree"),
+            d("--failures-per-sec"),
+            d("0"),
+            d("--duration"),
+            d("12"),
+            d("--input"),
+            input.as_os_str(),
+            d("--out"),
+            out.as_os_str(),
+        ],
+        &[("MIOSTREAM_BIN_DIR", bins.to_str().unwrap())],
+    );
+    let run = lab.finish(Duration::from_secs(90));
+    let stderr = run.stderr;
+    assert!(run.ok, "experiment failed:\n{stderr}");
+    assert!(marker.exists(), "slot 2 was cut out: {stderr}");
+    assert!(
+        stderr.contains("receiver 2 exited on its own")
+            && stderr.contains("cut out by the supervisor: supervisor closed the session"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 cut out by the supervisor"), "{stderr}");
+    let results = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let header: Vec<&str> = results.lines().next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    for row in results.lines().skip(1) {
+        let cells: Vec<&str> = row.split(',').collect();
+        let (cut, incarnations) = if cells[col("receiver")] == "2" {
+            ("1", "2")
+        } else {
+            ("0", "1")
+        };
+        assert_eq!(cells[col("cut_out")], cut, "{row}");
+        assert_eq!(cells[col("incarnations")], incarnations, "{row}");
+    }
+    let report = std::fs::read_to_string(out.join("report.txt")).unwrap();
+    let point = report.lines().nth(1).unwrap();
+    assert!(point.ends_with("      1  loopback"), "{report}");
 }

@@ -144,10 +144,17 @@ fn slow_hosts_that_join_first_are_leaves_no_honest_relay_is_cut_out_and_a_killed
         .filter(|l| l.contains("joins as a leaf: its uplink cannot carry a relay's copies"))
         .collect();
     eprintln!(
-        "supervisor: {} leaf placements, {} demotions, {} bad-chunk reports",
+        "supervisor: {} leaf placements, {} demotions, {} bad-chunk reports, {} peers cut off",
         leaf_lines.len(),
         supervisor_log.matches("relay demoted to a leaf").count(),
-        supervisor_log.matches("bad chunk reported").count()
+        supervisor_log.matches("bad chunk reported").count(),
+        supervisor_log.matches("cutting peer off").count()
+    );
+    assert!(
+        !supervisor_log
+            .lines()
+            .any(|l| l.contains("cutting peer off") && l.contains("Misbehaving")),
+        "the supervisor cut out nobody:\n{supervisor_log}"
     );
 
     let mut slow_checked = 0;
