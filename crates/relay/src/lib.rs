@@ -8,10 +8,14 @@
 //! linked peers for holes). It never touches a socket or a clock: the driver
 //! feeds it link events, frames and `now`, and carries out its [`Output`]s.
 //!
-//! Failover without stalls comes from two habits: a receiver stays
-//! subscribed to `redundancy` upstreams at once (default 2: its parent and
-//! its first live backup), dropping duplicates by sequence number, so one
-//! failure costs nothing; and every relay keeps the last seconds of chunks,
+//! Failover without stalls comes from two habits: a receiver keeps its
+//! backup links warm (up, heartbeating) and subscribes to `redundancy`
+//! upstreams at once — in a tree or a mesh one (a *warm* standby: a dead
+//! upstream is noticed within 150 ms and the next one replays what was
+//! missed from its buffer, so the wire carries each chunk once), in a list
+//! two (a *hot* standby, duplicates dropped by sequence number: there a
+//! failure reaches everyone downstream, so it must cost nothing); and every
+//! relay keeps the last seconds of chunks,
 //! so a receiver that loses all its upstreams resumes from its first missing
 //! chunk instead of skipping.
 //!
@@ -55,8 +59,9 @@ pub struct RelayConfig {
     pub buffer: Duration,
     /// Hard cap on buffered chunks.
     pub max_buffered_chunks: usize,
-    /// Upstreams subscribed to at once (1 = warm standby, 2 = hot standby).
-    pub redundancy: usize,
+    /// Upstreams subscribed to at once (1 = warm standby, 2 = hot standby);
+    /// `None`: by topology, 2 in a list and 1 in a tree or mesh.
+    pub redundancy: Option<usize>,
     /// A hole not filled by the upstreams within this long is asked of other peers.
     pub gap_timeout: Duration,
     /// A hole still open after this long is skipped (counted) so playback goes on.
@@ -71,8 +76,9 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             heartbeat_interval: Duration::from_millis(50),
-            // A death on an idle LAN is noticed within 200 ms.
-            link_timeout: Duration::from_millis(200),
+            // A death on an idle LAN is noticed within 150 ms (three
+            // heartbeats), and failover takes one more round trip.
+            link_timeout: Duration::from_millis(150),
             max_link_timeout: Duration::from_secs(2),
             link_close_after: Duration::from_secs(5),
             // A lost packet holds a copy back for up to SCTP's 1 s retransmission
@@ -81,7 +87,7 @@ impl Default for RelayConfig {
             lag_penalty: Duration::from_secs(10),
             buffer: Duration::from_secs(8),
             max_buffered_chunks: 8192,
-            redundancy: 2,
+            redundancy: None,
             gap_timeout: Duration::from_millis(150),
             max_hole_wait: Duration::from_secs(3),
             retire_grace: Duration::from_secs(3),

@@ -848,7 +848,14 @@ impl<V: Verify> Relay<V> {
             return;
         }
         let candidates = self.candidates();
-        let want = self.config.redundancy.max(1);
+        let want = self
+            .config
+            .redundancy
+            .unwrap_or(match self.kind {
+                TopologyKind::List => 2,
+                TopologyKind::Tree | TopologyKind::Mesh => 1,
+            })
+            .max(1);
         // Keep what still qualifies; fill free slots in order of preference;
         // a live primary parent always gets a slot.
         let mut next: Vec<PeerId> = self
@@ -1022,9 +1029,31 @@ impl<V: Verify> Relay<V> {
         if now < due {
             return;
         }
-        // Ask the next live peer not asked yet: upstreams first, then anyone linked.
+        // Ask the next live peer not asked yet. First those that hold the
+        // stream but are not feeding us (backup parents, mesh neighbours): an
+        // upstream that owes us the chunk most likely has it in flight (a
+        // lost packet being retransmitted), so asking it again gains
+        // nothing. Then our upstreams, then anyone linked.
         let asked = hole.asked.clone();
-        let mut order: Vec<PeerId> = self.upstreams.clone();
+        let feeders: Vec<PeerId> = self
+            .links
+            .parents
+            .iter()
+            .chain(&self.links.backup_parents)
+            .chain(&self.links.neighbours)
+            .copied()
+            .filter(|p| {
+                !self.upstreams.contains(p)
+                    && !self.subscribers.contains(p)
+                    && self.up.get(p).is_some_and(|l| !l.silent)
+            })
+            .collect();
+        let mut order: Vec<PeerId> = feeders;
+        for &p in &self.upstreams {
+            if !order.contains(&p) {
+                order.push(p);
+            }
+        }
         let mut others: Vec<PeerId> = self
             .up
             .iter()

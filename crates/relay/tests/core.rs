@@ -94,6 +94,14 @@ fn heartbeat(depth: u16) -> Bytes {
     )
 }
 
+/// Hot standby: two upstreams at once.
+fn hot() -> RelayConfig {
+    RelayConfig {
+        redundancy: Some(2),
+        ..RelayConfig::default()
+    }
+}
+
 struct Rig {
     now: Instant,
     relay: Relay<ReplayCheck>,
@@ -103,7 +111,7 @@ struct Rig {
 
 impl Rig {
     /// A tree receiver with one parent and `backups` backup parents, all up
-    /// and at depth 1; redundancy 2.
+    /// and at depth 1.
     fn new(backups: usize, config: RelayConfig) -> Self {
         let now = Instant::now();
         let parent = PeerId::random();
@@ -213,7 +221,7 @@ fn late_copies_replays_and_an_old_init_segment_are_duplicates_never_reports() {
     // segment a re-init replaced. None of that may cost it its place.
     let config = RelayConfig {
         buffer: Duration::from_millis(200), // evict fast
-        ..RelayConfig::default()
+        ..hot()
     };
     let mut rig = Rig::new(1, config);
     let (a, b) = (rig.parent, rig.backups[0]);
@@ -238,7 +246,7 @@ fn late_copies_replays_and_an_old_init_segment_are_duplicates_never_reports() {
 
 #[test]
 fn a_forged_chunk_not_accepted_yet_is_reported() {
-    let mut rig = Rig::new(1, RelayConfig::default());
+    let mut rig = Rig::new(1, hot());
     let a = rig.parent;
     rig.from(a, init(0));
     let forged = chunk(1, ChunkKind::Media, ChunkFlags::empty(), 50, 0xff);
@@ -259,7 +267,7 @@ fn a_forged_chunk_not_accepted_yet_is_reported() {
 
 #[test]
 fn garbage_closes_the_link_after_a_small_allowance_and_is_never_reported() {
-    let mut rig = Rig::new(1, RelayConfig::default());
+    let mut rig = Rig::new(1, hot());
     let a = rig.parent;
     let mut out = Vec::new();
     for i in 0..GARBAGE_ALLOWANCE {
@@ -279,7 +287,7 @@ fn garbage_closes_the_link_after_a_small_allowance_and_is_never_reported() {
 
 #[test]
 fn a_death_on_an_idle_lan_fails_over_within_250_ms_and_closes_the_link_later() {
-    let config = RelayConfig::default();
+    let config = hot();
     let close_after = config.link_close_after;
     let mut rig = Rig::new(2, config);
     let (a, b, c) = (rig.parent, rig.backups[0], rig.backups[1]);
@@ -323,7 +331,7 @@ fn a_death_on_an_idle_lan_fails_over_within_250_ms_and_closes_the_link_later() {
 
 #[test]
 fn a_jittery_link_is_given_the_time_its_jitter_asks_for() {
-    let mut rig = Rig::new(1, RelayConfig::default());
+    let mut rig = Rig::new(1, hot());
     let (a, b) = (rig.parent, rig.backups[0]);
     // `a`'s sender is starved now and then: heartbeats in bursts, with
     // 300 ms silences between them; `b` is steady.
@@ -366,7 +374,7 @@ fn a_jittery_link_is_given_the_time_its_jitter_asks_for() {
 
 #[test]
 fn our_own_stall_declares_no_link_dead() {
-    let mut rig = Rig::new(1, RelayConfig::default());
+    let mut rig = Rig::new(1, hot());
     let (a, b) = (rig.parent, rig.backups[0]);
     for _ in 0..20 {
         rig.advance(Duration::from_millis(50));
@@ -392,7 +400,7 @@ fn our_own_stall_declares_no_link_dead() {
 
 #[test]
 fn an_upstream_whose_copies_lag_is_replaced() {
-    let mut rig = Rig::new(2, RelayConfig::default());
+    let mut rig = Rig::new(2, hot());
     let (a, b, c) = (rig.parent, rig.backups[0], rig.backups[1]);
     assert_eq!(rig.relay.upstreams(), &[a, b]);
     rig.from(b, init(0));
@@ -419,7 +427,7 @@ fn an_upstream_whose_copies_lag_is_replaced() {
 
 #[test]
 fn a_missing_init_segment_is_asked_for_again_without_replaying_media() {
-    let mut rig = Rig::new(1, RelayConfig::default());
+    let mut rig = Rig::new(1, hot());
     let a = rig.parent;
     // The init frame was dropped on the way; media flows.
     let mut out = Vec::new();
@@ -448,7 +456,7 @@ fn a_missing_init_segment_is_asked_for_again_without_replaying_media() {
 
 #[test]
 fn an_upstream_that_falls_silent_while_others_feed_us_is_asked_again() {
-    let mut rig = Rig::new(1, RelayConfig::default());
+    let mut rig = Rig::new(1, hot());
     let (a, b) = (rig.parent, rig.backups[0]);
     rig.from(b, init(0));
     // `b` feeds us; `a` is alive (heartbeats) but sends no chunk: our

@@ -86,7 +86,7 @@ impl Net {
     ) -> Self {
         let now = Instant::now();
         let config = RelayConfig {
-            redundancy,
+            redundancy: Some(redundancy),
             ..RelayConfig::default()
         };
         let mut relays = BTreeMap::new();
