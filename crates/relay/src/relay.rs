@@ -20,6 +20,10 @@ const MAX_DEPTH: u16 = 64;
 /// Frames a link may carry that are not ours to read (undecodable, or
 /// control frames of another stream) before it is closed as garbage.
 pub const GARBAGE_ALLOWANCE: u32 = 3;
+/// Heartbeats to a peer that only ever feeds us (our parent or backup
+/// parent) go out every this many intervals: it has no use for a fast
+/// verdict on us, while we need one on it.
+const SLOW_HEARTBEAT_EVERY: u64 = 10;
 /// First arrivals remembered, to measure how late each upstream's copies are.
 const ARRIVALS_KEPT: usize = 512;
 /// An upstream lags when the median lateness of its copies over this
@@ -85,6 +89,9 @@ struct Link {
     silent: bool,
     /// When it last sent a chunk, or we last subscribed to it.
     fed_at: Instant,
+    /// When we last forwarded a chunk on it (a chunk proves we are alive
+    /// as well as a heartbeat does).
+    sent_at: Option<Instant>,
     garbage: u32,
 }
 
@@ -99,6 +106,7 @@ impl Link {
             lags: VecDeque::new(),
             silent: false,
             fed_at: now,
+            sent_at: None,
             garbage: 0,
         }
     }
@@ -154,6 +162,8 @@ pub struct Relay<V> {
     hole: Option<Hole>,
     heartbeat_counter: u64,
     next_heartbeat: Instant,
+    /// The depth our last heartbeats carried.
+    depth_sent: u16,
     /// When the timers last ran, to tell our own stalls from our links'.
     last_tick: Instant,
     /// No link is declared dead before this (we were stalled ourselves).
@@ -213,6 +223,7 @@ impl<V: Verify> Relay<V> {
             source,
             kind,
             next_heartbeat: now,
+            depth_sent: UNREACHABLE,
             last_tick: now,
             liveness_grace: None,
             lagging: HashMap::new(),
@@ -360,11 +371,10 @@ impl<V: Verify> Relay<V> {
         };
         let header = chunk.header;
         if self.store.insert(header, frame.clone()) {
-            self.forward(None, &frame);
+            self.forward(None, &frame, now);
         }
         self.store
             .evict(self.config.buffer, self.config.max_buffered_chunks);
-        let _ = now;
     }
 
     /// A frame arrived on the link from `from`.
@@ -449,7 +459,7 @@ impl<V: Verify> Relay<V> {
                 self.stats.chunks_received += 1;
                 self.stats.bytes_received += chunk.payload.len() as u64;
                 self.store.insert(header, frame.clone());
-                self.forward(Some(from), &frame);
+                self.forward(Some(from), &frame, now);
                 self.deliver(now);
                 self.store
                     .evict(self.config.buffer, self.config.max_buffered_chunks);
@@ -545,13 +555,7 @@ impl<V: Verify> Relay<V> {
             self.refresh_upstreams(now);
         }
         if now >= self.next_heartbeat {
-            let hb = self.heartbeat_frame(now);
-            for &peer in self.up.keys() {
-                self.out.push_back(Output::Send {
-                    to: peer,
-                    frame: hb.clone(),
-                });
-            }
+            self.heartbeats(now);
             self.next_heartbeat = now + self.config.heartbeat_interval;
         }
         self.repair_hole(now);
@@ -754,9 +758,50 @@ impl<V: Verify> Relay<V> {
         Bytes::from(frame.encode().unwrap_or_default())
     }
 
-    fn forward(&mut self, except: Option<PeerId>, frame: &Bytes) {
+    /// One heartbeat round. Every link hears from us every interval — by a
+    /// heartbeat, or by a chunk we forwarded on it since the last round —
+    /// except a peer that only ever feeds us, which hears a heartbeat every
+    /// [`SLOW_HEARTBEAT_EVERY`] rounds. A change of depth goes to everyone
+    /// at once.
+    fn heartbeats(&mut self, now: Instant) {
+        let hb = self.heartbeat_frame(now);
+        let depth = self.depth();
+        let force = depth != self.depth_sent;
+        self.depth_sent = depth;
+        let slow_round = self.heartbeat_counter % SLOW_HEARTBEAT_EVERY == 0;
+        let recently = now.checked_sub(self.config.heartbeat_interval);
+        for (&peer, link) in &self.up {
+            if !force {
+                let feeds_us_only = !self.source
+                    && (self.links.parents.contains(&peer)
+                        || self.links.backup_parents.contains(&peer))
+                    && !self.links.children.contains(&peer)
+                    && !self.links.backup_children.contains(&peer)
+                    && !self.links.neighbours.contains(&peer);
+                if feeds_us_only && !slow_round {
+                    continue;
+                }
+                let sent_recently = link
+                    .sent_at
+                    .zip(recently)
+                    .is_some_and(|(sent, since)| sent > since);
+                if !feeds_us_only && sent_recently {
+                    continue;
+                }
+            }
+            self.out.push_back(Output::Send {
+                to: peer,
+                frame: hb.clone(),
+            });
+        }
+    }
+
+    fn forward(&mut self, except: Option<PeerId>, frame: &Bytes, now: Instant) {
         for &peer in &self.subscribers {
             if Some(peer) != except {
+                if let Some(l) = self.up.get_mut(&peer) {
+                    l.sent_at = Some(now);
+                }
                 self.out.push_back(Output::Send {
                     to: peer,
                     frame: frame.clone(),

@@ -476,3 +476,52 @@ fn an_upstream_that_falls_silent_while_others_feed_us_is_asked_again() {
     // `b`, which feeds us, is never asked again.
     assert!(subscribes(&out).iter().all(|(to, ..)| *to != b));
 }
+
+#[test]
+fn heartbeats_go_where_a_fast_verdict_is_needed() {
+    let now = Instant::now();
+    let (parent, child) = (PeerId::random(), PeerId::random());
+    let mut relay = Relay::receiver(
+        PeerId::random(),
+        STREAM,
+        TopologyKind::Tree,
+        RelayConfig::default(),
+        ReplayCheck::default(),
+        now,
+    );
+    relay.set_links(
+        Links {
+            parents: vec![parent],
+            children: vec![child],
+            ..Links::default()
+        },
+        now,
+    );
+    relay.link_up(parent, now);
+    relay.link_up(child, now);
+    let mut t = now;
+    let mut sent: Vec<PeerId> = Vec::new();
+    while t < now + Duration::from_secs(2) {
+        t += Duration::from_millis(10);
+        if t.duration_since(now).as_millis() % 50 == 0 {
+            relay.handle_frame(parent, heartbeat(1), t);
+            relay.handle_frame(child, heartbeat(3), t);
+        }
+        if relay.poll_timeout() <= t {
+            relay.handle_timeout(t);
+        }
+        while let Some(o) = relay.poll_output() {
+            if let Output::Send { to, frame } = o {
+                if matches!(FrameRef::decode(&frame), Ok(FrameRef::Heartbeat { .. })) {
+                    sent.push(to);
+                }
+            }
+        }
+    }
+    let to_parent = sent.iter().filter(|p| **p == parent).count();
+    let to_child = sent.iter().filter(|p| **p == child).count();
+    // The child needs to know at once if we die: every 50 ms. The parent
+    // only feeds us: every 500 ms (plus the first ones, and a depth change).
+    assert!((38..=42).contains(&to_child), "{to_child} to the child");
+    assert!((3..=7).contains(&to_parent), "{to_parent} to the parent");
+}
