@@ -89,6 +89,8 @@ struct Link {
     silent: bool,
     /// When it last sent a chunk, or we last subscribed to it.
     fed_at: Instant,
+    /// We renewed our subscription since its last chunk.
+    renewed: bool,
     /// When we last forwarded a chunk on it (a chunk proves we are alive
     /// as well as a heartbeat does).
     sent_at: Option<Instant>,
@@ -106,6 +108,7 @@ impl Link {
             lags: VecDeque::new(),
             silent: false,
             fed_at: now,
+            renewed: false,
             sent_at: None,
             garbage: 0,
         }
@@ -407,6 +410,7 @@ impl<V: Verify> Relay<V> {
             }
             FrameRef::Chunk(chunk) => {
                 link.fed_at = now;
+                link.renewed = false;
                 let header = chunk.header;
                 if header.stream != self.stream {
                     self.reject(
@@ -565,29 +569,40 @@ impl<V: Verify> Relay<V> {
 
     /// Subscribes again to an upstream that sent no chunk for
     /// [`SILENT_UPSTREAM`] while chunks kept coming from elsewhere.
+    ///
+    /// A subscription can be lost (a frame that reached the peer before its
+    /// side of the link was up, or an old unsubscribe that overtook it on the
+    /// unordered channel); a warm standby has no second upstream to hide
+    /// that. If the renewed subscription brings nothing either, the
+    /// upstream is set aside like a lagging one and the next candidate
+    /// takes over (when there is one).
     fn renew_silent_upstreams(&mut self, now: Instant) {
-        let flowing = self.arrivals.back().is_some_and(|(_, t)| {
-            now.saturating_duration_since(*t) < self.config.heartbeat_interval * 10
-        });
-        if !flowing {
-            return;
-        }
-        let silent: Vec<PeerId> = self
+        let silent: Vec<(PeerId, bool)> = self
             .upstreams
             .iter()
-            .copied()
-            .filter(|p| {
-                self.up
-                    .get(p)
-                    .is_some_and(|l| now.saturating_duration_since(l.fed_at) > SILENT_UPSTREAM)
+            .filter_map(|p| {
+                let l = self.up.get(p)?;
+                (now.saturating_duration_since(l.fed_at) > SILENT_UPSTREAM)
+                    .then_some((*p, l.renewed))
             })
             .collect();
-        for peer in silent {
+        let mut rotated = false;
+        for (peer, renewed) in silent {
+            let others = self.candidates().iter().any(|c| *c != peer);
+            if renewed && others {
+                self.lagging.insert(peer, now + self.config.lag_penalty);
+                rotated = true;
+                continue;
+            }
             if let Some(l) = self.up.get_mut(&peer) {
                 l.fed_at = now;
+                l.renewed = true;
             }
             let frame = self.subscribe_frame();
             self.out.push_back(Output::Send { to: peer, frame });
+        }
+        if rotated {
+            self.refresh_upstreams(now);
         }
     }
 
@@ -956,6 +971,7 @@ impl<V: Verify> Relay<V> {
             self.ever_subscribed = true;
             if let Some(l) = self.up.get_mut(&peer) {
                 l.fed_at = now;
+                l.renewed = false;
             }
             let frame = self.subscribe_frame();
             self.out.push_back(Output::Send { to: peer, frame });

@@ -333,17 +333,20 @@ fn a_death_on_an_idle_lan_fails_over_within_250_ms_and_closes_the_link_later() {
 fn a_jittery_link_is_given_the_time_its_jitter_asks_for() {
     let mut rig = Rig::new(1, hot());
     let (a, b) = (rig.parent, rig.backups[0]);
-    // `a`'s sender is starved now and then: heartbeats in bursts, with
-    // 300 ms silences between them; `b` is steady.
+    // `a`'s sender is starved now and then: its frames come in bursts, with
+    // 300 ms silences between them; `b` is steady. Both carry the stream.
+    rig.from(b, init(0));
     let mut silent_late = 0;
+    let mut seq = 0;
     for round in 0..20 {
         let before = rig.relay.stats().silent_links;
         for _ in 0..6 {
             rig.advance(Duration::from_millis(50));
-            rig.from(b, heartbeat(1));
+            seq += 1;
+            rig.from(b, media(seq));
         }
-        for _ in 0..3 {
-            rig.from(a, heartbeat(1));
+        for s in seq - 5..=seq {
+            rig.from(a, media(s));
         }
         if round >= 4 {
             // After a few rounds the timeout has learnt the pattern.
@@ -524,4 +527,35 @@ fn heartbeats_go_where_a_fast_verdict_is_needed() {
     // only feeds us: every 500 ms (plus the first ones, and a depth change).
     assert!((38..=42).contains(&to_child), "{to_child} to the child");
     assert!((3..=7).contains(&to_parent), "{to_parent} to the parent");
+}
+
+#[test]
+fn a_warm_standby_whose_only_upstream_stops_feeding_it_asks_again_then_moves_on() {
+    let warm = RelayConfig {
+        redundancy: Some(1),
+        ..RelayConfig::default()
+    };
+    let mut rig = Rig::new(1, warm);
+    let (a, b) = (rig.parent, rig.backups[0]);
+    assert_eq!(rig.relay.upstreams(), &[a]);
+    rig.from(a, init(0));
+    for seq in 1..=10 {
+        rig.from(a, media(seq));
+    }
+    // Then `a` sends heartbeats only: our subscription was lost.
+    let mut out = Vec::new();
+    for _ in 0..100 {
+        out.extend(rig.advance(Duration::from_millis(50)));
+        out.extend(rig.from(a, heartbeat(1)));
+        out.extend(rig.from(b, heartbeat(1)));
+    }
+    let subs = subscribes(&out);
+    let to_a = subs.iter().filter(|(to, ..)| *to == a).count();
+    assert_eq!(to_a, 1, "renewed once: {subs:?}");
+    // The renewal brought nothing: the backup takes over, from chunk 11.
+    assert!(
+        subs.iter().any(|(to, from, _)| *to == b && *from == 11),
+        "{subs:?}"
+    );
+    assert_eq!(rig.relay.upstreams(), &[b]);
 }
