@@ -588,7 +588,10 @@ impl<V: Verify> Relay<V> {
             .collect();
         let mut rotated = false;
         for (peer, renewed) in silent {
-            let others = self.candidates().iter().any(|c| *c != peer);
+            // Rotating is for trees and lists: a mesh picks its upstream by
+            // depth, and setting the nearest one aside invites loops.
+            let others =
+                self.kind != TopologyKind::Mesh && self.candidates().iter().any(|c| *c != peer);
             if renewed && others {
                 self.lagging.insert(peer, now + self.config.lag_penalty);
                 rotated = true;
