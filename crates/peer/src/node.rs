@@ -519,18 +519,17 @@ impl Node {
     }
 
     /// Sets up again a link the topology still wants, until it is up. The
-    /// smaller id offers, as for every link (letting the other side offer
-    /// too made crossing offers tear links down again and again in a mesh
-    /// under churn).
+    /// smaller id offers (as for every link); if the link is still down
+    /// after two tries, the other side offers too (the smaller one may not
+    /// know its end failed; the transport resolves a crossing offer by
+    /// taking the newer one).
     fn reopen_link(&mut self, peer: PeerId, attempt: u32) {
         let up = self.relay.as_ref().is_some_and(|r| r.is_up(&peer));
         if !self.linked.contains(&peer) || up {
             return;
         }
-        self.control(TransportCommand::Open {
-            peer,
-            initiator: self.me < peer,
-        });
+        let initiator = self.me < peer || attempt >= 2;
+        self.control(TransportCommand::Open { peer, initiator });
         self.reopen.push((
             tokio::time::Instant::now() + REOPEN_CHECK,
             peer,
@@ -684,14 +683,6 @@ impl Node {
                 Output::LinkDead { peer } => {
                     info!(%peer, "link dead (missed heartbeats)");
                     self.control(TransportCommand::Close { peer });
-                    // A closed link reports no Down: set it up again here
-                    // while the topology still wants it.
-                    if self.linked.contains(&peer)
-                        && !self.reopen.iter().any(|(_, p, _)| *p == peer)
-                    {
-                        self.reopen
-                            .push((tokio::time::Instant::now() + REOPEN_DELAY, peer, 0));
-                    }
                 }
                 Output::Retired { peer } if !self.linked.contains(&peer) => {
                     debug!(%peer, "retired link closed");

@@ -165,11 +165,6 @@ async fn run(
                 Some(TransportCommand::Close { peer }) => {
                     if let Some(l) = links.remove(&peer) {
                         let _ = l.commands.try_send(LinkCommand::Close);
-                        // Said here, in order: a link set up after this
-                        // one is never taken down by its late goodbye.
-                        if shared.events.send(TransportEvent::Down(peer)).await.is_err() {
-                            break;
-                        }
                     }
                 }
                 Some(TransportCommand::Send { peer, frame }) => {
@@ -185,9 +180,6 @@ async fn run(
                         // that peer (it restarted, or lost the old one).
                         if let Some(old) = links.remove(&from) {
                             let _ = old.commands.try_send(LinkCommand::Close);
-                            if shared.events.send(TransportEvent::Down(from)).await.is_err() {
-                                break;
-                            }
                         }
                         start(from, Some(sdp), &mut links);
                     }
@@ -199,14 +191,8 @@ async fn run(
                 },
             },
             Some((peer, gen)) = ended_rx.recv() => {
-                // Only the current link of a peer reports its end (failed
-                // set-up included); one closed or replaced was reported
-                // then, and must not take down its successor.
                 if links.get(&peer).is_some_and(|l| l.generation == gen) {
                     links.remove(&peer);
-                    if shared.events.send(TransportEvent::Down(peer)).await.is_err() {
-                        break;
-                    }
                 }
             }
         }
@@ -399,11 +385,12 @@ async fn link(
     let dc = match connected {
         Ok(dc) => dc,
         Err(e) => {
-            // The main loop says Down, so the node sets the link up again
-            // while the topology still wants it (a set-up that fails under
-            // loss must not leave a receiver without its only upstream).
+            // Said as a Down, so the node sets the link up again while the
+            // topology still wants it (a set-up that fails under loss must
+            // not leave a receiver without its only upstream).
             debug!("link did not open: {e}");
             let _ = pc.close().await;
+            let _ = shared.events.send(TransportEvent::Down(peer)).await;
             return;
         }
     };
@@ -445,6 +432,7 @@ async fn link(
             },
         }
     }
+    let _ = shared.events.send(TransportEvent::Down(peer)).await;
     let _ = dc.close().await;
     let _ = pc.close().await;
 }
