@@ -578,18 +578,14 @@ impl<V: Verify> Relay<V> {
     }
 
     /// How many upstreams to take now. Configured, or automatic: a list is
-    /// always hot (two); a mesh always warm (one: a second upstream there is
-    /// a same-ring neighbour, and under churn those copies cost more than
-    /// they save — 83 receivers at 5 failures/s stalled 1.3 s per peer hot,
-    /// none warm); a tree warm on a clean network and hot for
-    /// [`HOT_AFTER_HOLE`] after a hole — chunks that overtook a missing one,
-    /// i.e. loss or a failure — so a lossy link (Wi-Fi) pays for the second
-    /// copy and a clean one does not.
+    /// always hot (two), a tree or a mesh warm (one) on a clean network and
+    /// hot for [`HOT_AFTER_HOLE`] after a hole — chunks that overtook a
+    /// missing one, i.e. loss or a failure — so a lossy link (Wi-Fi) pays
+    /// for the second copy and a clean one does not.
     fn redundancy(&self, now: Instant) -> usize {
         let auto = match self.kind {
             TopologyKind::List => 2,
-            TopologyKind::Mesh => 1,
-            TopologyKind::Tree => {
+            TopologyKind::Tree | TopologyKind::Mesh => {
                 if self.hot_until.is_some_and(|t| t > now) {
                     2
                 } else {
