@@ -195,9 +195,8 @@ struct Node {
     ending: Option<(tokio::time::Instant, String)>,
     /// Ask to join again at this time (the stream was not there yet).
     rejoin_at: Option<tokio::time::Instant>,
-    /// Links that went down (or never came up) while still in the topology:
-    /// opened again then; the attempt count decides who offers.
-    reopen: Vec<(tokio::time::Instant, PeerId, u32)>,
+    /// Links that went down while still in the topology: opened again then.
+    reopen: Vec<(tokio::time::Instant, PeerId)>,
     /// Control commands waiting for room in the transport's queue.
     pending: std::collections::VecDeque<TransportCommand>,
     /// Frames dropped because the transport's queue was full.
@@ -215,9 +214,6 @@ const REJOIN_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Delay before setting up again a link that failed while still wanted.
 const REOPEN_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// Delay before checking that a link set up again is up (then trying again).
-const REOPEN_CHECK: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// How long a node keeps relaying after its stream ended.
 const END_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -265,7 +261,7 @@ impl Node {
                 Probe::Running { since } => Some(since + PROBE_TIMEOUT),
                 _ => None,
             };
-            let reopen_at = self.reopen.iter().map(|(t, ..)| *t).min();
+            let reopen_at = self.reopen.iter().map(|(t, _)| *t).min();
             let waiting = !self.pending.is_empty();
             let commands = self.transport.commands.clone();
             let step = tokio::select! {
@@ -278,10 +274,12 @@ impl Node {
                 }
                 _ = sleep_until_opt(reopen_at) => {
                     let now = tokio::time::Instant::now();
-                    let due: Vec<(PeerId, u32)> = self.reopen.iter().filter(|(t, ..)| *t <= now).map(|(_, p, n)| (*p, *n)).collect();
-                    self.reopen.retain(|(t, ..)| *t > now);
-                    for (peer, attempt) in due {
-                        self.reopen_link(peer, attempt);
+                    let due: Vec<PeerId> = self.reopen.iter().filter(|(t, _)| *t <= now).map(|(_, p)| *p).collect();
+                    self.reopen.retain(|(t, _)| *t > now);
+                    for peer in due {
+                        if self.linked.contains(&peer) {
+                            self.control(TransportCommand::Open { peer, initiator: self.me < peer });
+                        }
                     }
                     Ok(())
                 }
@@ -518,25 +516,6 @@ impl Node {
         }
     }
 
-    /// Sets up again a link the topology still wants, until it is up. The
-    /// smaller id offers (as for every link); if the link is still down
-    /// after two tries, the other side offers too (the smaller one may not
-    /// know its end failed; the transport resolves a crossing offer by
-    /// taking the newer one).
-    fn reopen_link(&mut self, peer: PeerId, attempt: u32) {
-        let up = self.relay.as_ref().is_some_and(|r| r.is_up(&peer));
-        if !self.linked.contains(&peer) || up {
-            return;
-        }
-        let initiator = self.me < peer || attempt >= 2;
-        self.control(TransportCommand::Open { peer, initiator });
-        self.reopen.push((
-            tokio::time::Instant::now() + REOPEN_CHECK,
-            peer,
-            attempt + 1,
-        ));
-    }
-
     /// Queues a control command (open, close, signal) for the transport;
     /// the loop hands them over as the transport has room, never blocking.
     fn control(&mut self, cmd: TransportCommand) {
@@ -568,9 +547,9 @@ impl Node {
             }
             TransportEvent::Down(peer) => {
                 debug!(%peer, "link down");
-                if self.linked.contains(&peer) && !self.reopen.iter().any(|(_, p, _)| *p == peer) {
+                if self.linked.contains(&peer) && !self.reopen.iter().any(|(_, p)| *p == peer) {
                     self.reopen
-                        .push((tokio::time::Instant::now() + REOPEN_DELAY, peer, 0));
+                        .push((tokio::time::Instant::now() + REOPEN_DELAY, peer));
                 }
                 if let Some(r) = self.relay.as_mut() {
                     r.link_down(peer, now);

@@ -385,12 +385,8 @@ async fn link(
     let dc = match connected {
         Ok(dc) => dc,
         Err(e) => {
-            // Said as a Down, so the node sets the link up again while the
-            // topology still wants it (a set-up that fails under loss must
-            // not leave a receiver without its only upstream).
             debug!("link did not open: {e}");
             let _ = pc.close().await;
-            let _ = shared.events.send(TransportEvent::Down(peer)).await;
             return;
         }
     };
