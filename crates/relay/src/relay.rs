@@ -20,8 +20,6 @@ const MAX_DEPTH: u16 = 64;
 /// Frames a link may carry that are not ours to read (undecodable, or
 /// control frames of another stream) before it is closed as garbage.
 pub const GARBAGE_ALLOWANCE: u32 = 3;
-/// How long a tree or mesh receiver stays on hot standby after a hole.
-const HOT_AFTER_HOLE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Heartbeats to a peer that only ever feeds us (our parent or backup
 /// parent) go out every this many intervals: it has no use for a fast
 /// verdict on us, while we need one on it.
@@ -179,8 +177,6 @@ pub struct Relay<V> {
     arrivals: VecDeque<(u64, Instant)>,
     /// When we last asked for the init segment we lack.
     init_asked: Option<Instant>,
-    /// A hole opened lately: hot standby until then (automatic redundancy).
-    hot_until: Option<Instant>,
     /// What recently closed links taught us about their peers' timing
     /// (smoothed gap and deviation, µs), so a link that flaps and comes back
     /// starts from what it showed, not from an idle LAN's.
@@ -236,7 +232,6 @@ impl<V: Verify> Relay<V> {
             lagging: HashMap::new(),
             arrivals: VecDeque::new(),
             init_asked: None,
-            hot_until: None,
             gap_history: HashMap::new(),
             epoch: now,
             config,
@@ -570,30 +565,6 @@ impl<V: Verify> Relay<V> {
         self.repair_hole(now);
         self.ask_for_init(now);
         self.renew_silent_upstreams(now);
-        if self.hot_until.is_some_and(|t| t <= now) {
-            // Quiet again: back to one upstream.
-            self.hot_until = None;
-            self.refresh_upstreams(now);
-        }
-    }
-
-    /// How many upstreams to take now. Configured, or automatic: a list is
-    /// always hot (two), a tree or a mesh warm (one) on a clean network and
-    /// hot for [`HOT_AFTER_HOLE`] after a hole — chunks that overtook a
-    /// missing one, i.e. loss or a failure — so a lossy link (Wi-Fi) pays
-    /// for the second copy and a clean one does not.
-    fn redundancy(&self, now: Instant) -> usize {
-        let auto = match self.kind {
-            TopologyKind::List => 2,
-            TopologyKind::Tree | TopologyKind::Mesh => {
-                if self.hot_until.is_some_and(|t| t > now) {
-                    2
-                } else {
-                    1
-                }
-            }
-        };
-        self.config.redundancy.unwrap_or(auto).max(1)
     }
 
     /// Subscribes again to an upstream that sent no chunk for
@@ -940,7 +911,14 @@ impl<V: Verify> Relay<V> {
             return;
         }
         let candidates = self.candidates();
-        let want = self.redundancy(now);
+        let want = self
+            .config
+            .redundancy
+            .unwrap_or(match self.kind {
+                TopologyKind::List => 2,
+                TopologyKind::Tree | TopologyKind::Mesh => 1,
+            })
+            .max(1);
         // Keep what still qualifies; fill free slots in order of preference;
         // a live primary parent always gets a slot.
         let mut next: Vec<PeerId> = self
@@ -965,20 +943,6 @@ impl<V: Verify> Relay<V> {
                     }
                 }
                 next.push(p);
-            }
-        }
-        // Fewer wanted than held (hot back to warm): drop the least preferred.
-        while next.len() > want {
-            let worst = next
-                .iter()
-                .enumerate()
-                .max_by_key(|(_, p)| candidates.iter().position(|c| c == *p))
-                .map(|(i, _)| i);
-            match worst {
-                Some(i) => {
-                    next.remove(i);
-                }
-                None => break,
             }
         }
         let added: Vec<PeerId> = next
@@ -1071,13 +1035,6 @@ impl<V: Verify> Relay<V> {
                     last_ask: None,
                     asked: Vec::new(),
                 });
-                // Chunks overtook a missing one: a packet was lost (or an
-                // upstream failed). Go hot for a while.
-                let was_hot = self.hot_until.is_some_and(|t| t > now);
-                self.hot_until = Some(now + HOT_AFTER_HOLE);
-                if !was_hot {
-                    self.refresh_upstreams(now);
-                }
             }
             (Some(_), false) => self.hole = None,
             _ => {}

@@ -559,27 +559,3 @@ fn a_warm_standby_whose_only_upstream_stops_feeding_it_asks_again_then_moves_on(
     );
     assert_eq!(rig.relay.upstreams(), &[b]);
 }
-
-#[test]
-fn a_tree_receiver_goes_hot_after_a_hole_and_warm_again_when_quiet() {
-    let mut rig = Rig::new(1, RelayConfig::default());
-    let (a, b) = (rig.parent, rig.backups[0]);
-    assert_eq!(rig.relay.upstreams(), &[a], "warm on a clean network");
-    rig.from(a, init(0));
-    rig.from(a, media(1));
-    rig.from(a, media(2));
-    // Chunk 3 was lost on the way; 4 overtook it.
-    let out = rig.from(a, media(4));
-    assert!(subscribes(&out).iter().any(|(to, ..)| *to == b), "{out:?}");
-    assert_eq!(rig.relay.upstreams(), &[a, b]);
-    rig.from(a, media(3));
-    // 35 s of a clean stream: back to one upstream.
-    let mut out = Vec::new();
-    for seq in 5..=(5 + 35 * 20) {
-        out.extend(rig.advance(Duration::from_millis(50)));
-        out.extend(rig.from(a, media(seq)));
-        out.extend(rig.from(b, heartbeat(1)));
-    }
-    assert_eq!(unsubscribes(&out), vec![b]);
-    assert_eq!(rig.relay.upstreams(), &[a]);
-}
