@@ -315,15 +315,8 @@ impl Verifier {
         chunk: &ChunkRef<'_>,
         rng: &mut R,
     ) -> Result<Verdict, IntegrityError> {
-        let header = &chunk.header;
-        let (stream, seq) = (self.stream, header.seq);
-        if header.stream != stream {
-            return Err(IntegrityError::WrongStream {
-                expected: stream,
-                got: header.stream,
-                seq,
-            });
-        }
+        let (stream, seq) = (self.stream, chunk.header.seq);
+        self.check_stream(chunk)?;
         if self.was_seen(seq) {
             return Err(IntegrityError::ReplayedSequence { stream, seq });
         }
@@ -344,15 +337,9 @@ impl Verifier {
     /// from the accepted one: honest copies are identical, so a differing
     /// copy that fails is a forgery, even though it came second.
     pub fn check_tag(&self, chunk: &ChunkRef<'_>) -> Result<(), IntegrityError> {
+        self.check_stream(chunk)?;
         let header = &chunk.header;
         let (stream, seq) = (self.stream, header.seq);
-        if header.stream != stream {
-            return Err(IntegrityError::WrongStream {
-                expected: stream,
-                got: header.stream,
-                seq,
-            });
-        }
         match &self.check {
             Check::Hmac(key) => {
                 let mut mac = key.mac();
@@ -371,6 +358,17 @@ impl Verifier {
                     .map_err(|_| IntegrityError::BadSignature { stream, seq })
             }
         }
+    }
+
+    fn check_stream(&self, chunk: &ChunkRef<'_>) -> Result<(), IntegrityError> {
+        if chunk.header.stream != self.stream {
+            return Err(IntegrityError::WrongStream {
+                expected: self.stream,
+                got: chunk.header.stream,
+                seq: chunk.header.seq,
+            });
+        }
+        Ok(())
     }
 
     fn was_seen(&self, seq: u64) -> bool {
