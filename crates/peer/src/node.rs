@@ -21,7 +21,7 @@ use miostream_protocol::{
 use miostream_relay::{Output, Relay, RelayConfig, RelayStats, Verify};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::session::{Session, SessionConfig, SessionEvent};
 use crate::transport::{TransportCommand, TransportEvent, TransportHandle};
@@ -167,7 +167,10 @@ pub fn spawn_node(config: NodeConfig, transport: TransportHandle) -> NodeHandle 
         player_skip: None,
         probe: Probe::NotStarted,
     };
-    let task = tokio::spawn(node.run(publish_rx));
+    let task = tokio::spawn(
+        node.run(publish_rx)
+            .instrument(tracing::info_span!("node", me = %peer_id)),
+    );
     NodeHandle {
         publish: publish_tx,
         events: events_rx,

@@ -93,6 +93,10 @@ fn assert_stream_from_join_point(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receivers_play_exactly_the_broadcast_stream_in_each_topology() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let tmp = tempfile::tempdir().unwrap();
     let (input, init, clusters) = short_input(tmp.path(), 6);
     let receivers = 10;

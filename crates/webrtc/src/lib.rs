@@ -16,6 +16,12 @@
 //! the hole from another upstream) — a slow child never slows its siblings
 //! or grows memory.
 //!
+//! Every link the node asked for ends in exactly one `Down` — when it
+//! closes, fails, or never came up (an offer or answer the supervisor
+//! refused because the topology moved on, a timeout) — so the node can set
+//! it up again while the topology still wants it. A link replaced by a newer
+//! offer from the same peer ends silently: its successor reports for it.
+//!
 //! Liveness is not this crate's job: the relay's 50 ms heartbeats detect a
 //! dead link long before ICE would (5 s), and the node then closes it.
 
@@ -53,6 +59,11 @@ pub struct WebRtcConfig {
     pub send_buffer_limit: usize,
     /// Time allowed for a link to open.
     pub connect_timeout: Duration,
+    /// Time an offer waits for its answer. Both travel through the
+    /// supervisor (milliseconds on a LAN); an answer that takes longer was
+    /// most likely refused there (the peers stopped being neighbours), and
+    /// the link is reported down so that it can be offered again.
+    pub answer_timeout: Duration,
 }
 
 impl WebRtcConfig {
@@ -64,6 +75,7 @@ impl WebRtcConfig {
             // ~2 s of a 1.2 Mbit/s stream: room for a gap-fill burst.
             send_buffer_limit: 512 * 1024,
             connect_timeout: Duration::from_secs(10),
+            answer_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -83,8 +95,7 @@ pub fn spawn(me: PeerId, config: WebRtcConfig) -> (TransportHandle, Arc<Transpor
     let (ev_tx, ev_rx) = mpsc::channel(4096);
     let counters = Arc::new(TransportCounters::default());
     tokio::spawn(
-        run(me, config, cmd_rx, ev_tx, counters.clone())
-            .instrument(tracing::info_span!("webrtc", %me)),
+        run(config, cmd_rx, ev_tx, counters.clone()).instrument(tracing::info_span!("webrtc", %me)),
     );
     (
         TransportHandle {
@@ -110,12 +121,37 @@ struct Link {
 struct Shared {
     config: WebRtcConfig,
     runtime: Arc<dyn Runtime>,
-    events: mpsc::Sender<TransportEvent>,
     counters: Arc<TransportCounters>,
 }
 
+/// What one link task reports, tagged with its generation: the transport
+/// passes on only the reports of a peer's current link.
+struct Report {
+    peer: PeerId,
+    generation: u64,
+    event: TransportEvent,
+}
+
+/// A link task's way to report.
+struct Reporter {
+    peer: PeerId,
+    generation: u64,
+    tx: mpsc::Sender<Report>,
+}
+
+impl Reporter {
+    /// False once the transport is gone.
+    async fn report(&self, event: TransportEvent) -> bool {
+        let report = Report {
+            peer: self.peer,
+            generation: self.generation,
+            event,
+        };
+        self.tx.send(report).await.is_ok()
+    }
+}
+
 async fn run(
-    me: PeerId,
     config: WebRtcConfig,
     mut commands: mpsc::Receiver<TransportCommand>,
     events: mpsc::Sender<TransportEvent>,
@@ -128,12 +164,11 @@ async fn run(
     let shared = Shared {
         config,
         runtime,
-        events,
         counters,
     };
     let mut links: HashMap<PeerId, Link> = HashMap::new();
     let mut generation = 0u64;
-    let (ended_tx, mut ended_rx) = mpsc::channel::<(PeerId, u64)>(256);
+    let (report_tx, mut reports) = mpsc::channel::<Report>(4096);
     let mut start = |peer: PeerId, offer: Option<String>, links: &mut HashMap<PeerId, Link>| {
         generation += 1;
         let (tx, rx) = mpsc::channel(256);
@@ -144,11 +179,16 @@ async fn run(
                 commands: tx,
             },
         );
-        let (shared, ended, gen) = (shared.clone(), ended_tx.clone(), generation);
+        let reporter = Reporter {
+            peer,
+            generation,
+            tx: report_tx.clone(),
+        };
+        let shared = shared.clone();
         tokio::spawn(
             async move {
-                link(me, peer, offer, shared, rx).await;
-                let _ = ended.send((peer, gen)).await;
+                link(offer, shared, &reporter, rx).await;
+                reporter.report(TransportEvent::Down(peer)).await;
             }
             .instrument(tracing::info_span!("link", %peer)),
         );
@@ -165,6 +205,9 @@ async fn run(
                 Some(TransportCommand::Close { peer }) => {
                     if let Some(l) = links.remove(&peer) {
                         let _ = l.commands.try_send(LinkCommand::Close);
+                        if events.send(TransportEvent::Down(peer)).await.is_err() {
+                            break;
+                        }
                     }
                 }
                 Some(TransportCommand::Send { peer, frame }) => {
@@ -177,7 +220,8 @@ async fn run(
                 Some(TransportCommand::Signal { from, payload }) => match payload {
                     SignalPayload::Offer { sdp } => {
                         // A new offer replaces whatever link we had with
-                        // that peer (it restarted, or lost the old one).
+                        // that peer (it restarted, or lost the old one);
+                        // the new link reports Up or Down for both.
                         if let Some(old) = links.remove(&from) {
                             let _ = old.commands.try_send(LinkCommand::Close);
                         }
@@ -190,9 +234,17 @@ async fn run(
                     }
                 },
             },
-            Some((peer, gen)) = ended_rx.recv() => {
-                if links.get(&peer).is_some_and(|l| l.generation == gen) {
+            Some(Report { peer, generation, event }) = reports.recv() => {
+                // Only the current link of a peer reports: a link that was
+                // closed (its Down was sent then) or replaced is stale.
+                if links.get(&peer).is_none_or(|l| l.generation != generation) {
+                    continue;
+                }
+                if matches!(event, TransportEvent::Down(_)) {
                     links.remove(&peer);
+                }
+                if events.send(event).await.is_err() {
+                    break;
                 }
             }
         }
@@ -286,15 +338,26 @@ async fn wait_gathered(h: &mut mpsc::Receiver<HandlerEvent>) -> Result<(), LinkE
     }
 }
 
+/// Waits until the node closes the link (or the transport drops it);
+/// anything else sent before the link is up is dropped.
+async fn closed(commands: &mut mpsc::Receiver<LinkCommand>) {
+    while let Some(cmd) = commands.recv().await {
+        if matches!(cmd, LinkCommand::Close) {
+            return;
+        }
+    }
+}
+
 /// Sets the link up; returns its open data channel.
 async fn connect(
-    peer: PeerId,
     offer: Option<String>,
     pc: &impl PeerConnection,
     shared: &Shared,
+    reporter: &Reporter,
     handler_events: &mut mpsc::Receiver<HandlerEvent>,
     commands: &mut mpsc::Receiver<LinkCommand>,
 ) -> Result<Arc<dyn DataChannel>, LinkError> {
+    let to = reporter.peer;
     let dc = match offer {
         None => {
             let init = RTCDataChannelInit {
@@ -306,24 +369,24 @@ async fn connect(
             pc.set_local_description(offer).await?;
             wait_gathered(handler_events).await?;
             let sdp = pc.local_description().await.ok_or(LinkError::Closed)?.sdp;
-            let _ = shared
-                .events
-                .send(TransportEvent::Signal {
-                    to: peer,
-                    payload: SignalPayload::Offer { sdp },
-                })
+            let payload = SignalPayload::Offer { sdp };
+            reporter
+                .report(TransportEvent::Signal { to, payload })
                 .await;
-            loop {
-                match commands.recv().await {
-                    Some(LinkCommand::Signal(SignalPayload::Answer { sdp })) => {
-                        pc.set_remote_description(RTCSessionDescription::answer(sdp)?)
-                            .await?;
-                        break;
+            let answer = async {
+                loop {
+                    match commands.recv().await {
+                        Some(LinkCommand::Signal(SignalPayload::Answer { sdp })) => return Ok(sdp),
+                        Some(LinkCommand::Close) | None => return Err(LinkError::Closed),
+                        Some(_) => {}
                     }
-                    Some(LinkCommand::Close) | None => return Err(LinkError::Closed),
-                    Some(_) => {} // frames before the link is up are dropped
                 }
-            }
+            };
+            let sdp = timeout(shared.config.answer_timeout, answer)
+                .await
+                .unwrap_or(Err(LinkError::Timeout("waiting for the answer")))?;
+            pc.set_remote_description(RTCSessionDescription::answer(sdp)?)
+                .await?;
             dc
         }
         Some(offer) => {
@@ -333,38 +396,47 @@ async fn connect(
             pc.set_local_description(answer).await?;
             wait_gathered(handler_events).await?;
             let sdp = pc.local_description().await.ok_or(LinkError::Closed)?.sdp;
-            let _ = shared
-                .events
-                .send(TransportEvent::Signal {
-                    to: peer,
-                    payload: SignalPayload::Answer { sdp },
-                })
+            let payload = SignalPayload::Answer { sdp };
+            reporter
+                .report(TransportEvent::Signal { to, payload })
                 .await;
-            loop {
-                match handler_events.recv().await {
-                    Some(HandlerEvent::DataChannel(dc)) => break dc,
-                    Some(HandlerEvent::State(RTCPeerConnectionState::Failed)) | None => {
-                        return Err(LinkError::Closed)
+            let channel = async {
+                loop {
+                    match handler_events.recv().await {
+                        Some(HandlerEvent::DataChannel(dc)) => return Ok(dc),
+                        Some(HandlerEvent::State(RTCPeerConnectionState::Failed)) | None => {
+                            return Err(LinkError::Closed)
+                        }
+                        Some(_) => {}
                     }
-                    Some(_) => {}
                 }
+            };
+            tokio::select! {
+                dc = channel => dc?,
+                () = closed(commands) => return Err(LinkError::Closed),
             }
         }
     };
-    loop {
-        match dc.poll().await {
-            Some(DataChannelEvent::OnOpen) => return Ok(dc),
-            Some(DataChannelEvent::OnClose) | None => return Err(LinkError::Closed),
-            Some(_) => {}
+    let open = async {
+        loop {
+            match dc.poll().await {
+                Some(DataChannelEvent::OnOpen) => return Ok(()),
+                Some(DataChannelEvent::OnClose) | None => return Err(LinkError::Closed),
+                Some(_) => {}
+            }
         }
+    };
+    tokio::select! {
+        r = open => r?,
+        () = closed(commands) => return Err(LinkError::Closed),
     }
+    Ok(dc)
 }
 
 async fn link(
-    _me: PeerId,
-    peer: PeerId,
     offer: Option<String>,
     shared: Shared,
+    reporter: &Reporter,
     mut commands: mpsc::Receiver<LinkCommand>,
 ) {
     let (htx, mut hrx) = mpsc::channel(64);
@@ -378,7 +450,7 @@ async fn link(
     let started = std::time::Instant::now();
     let connected = timeout(
         shared.config.connect_timeout,
-        connect(peer, offer, &pc, &shared, &mut hrx, &mut commands),
+        connect(offer, &pc, &shared, reporter, &mut hrx, &mut commands),
     )
     .await
     .unwrap_or(Err(LinkError::Timeout("opening the data channel")));
@@ -392,7 +464,7 @@ async fn link(
     };
     shared.counters.links_opened.fetch_add(1, Ordering::Relaxed);
     info!(setup_ms = started.elapsed().as_millis() as u64, "link open");
-    if shared.events.send(TransportEvent::Up(peer)).await.is_err() {
+    if !reporter.report(TransportEvent::Up(reporter.peer)).await {
         let _ = pc.close().await;
         return;
     }
@@ -401,7 +473,7 @@ async fn link(
             ev = dc.poll() => match ev {
                 Some(DataChannelEvent::OnMessage(msg)) => {
                     let frame = msg.data.freeze();
-                    if shared.events.send(TransportEvent::Frame(peer, frame)).await.is_err() {
+                    if !reporter.report(TransportEvent::Frame(reporter.peer, frame)).await {
                         break;
                     }
                 }
@@ -428,7 +500,6 @@ async fn link(
             },
         }
     }
-    let _ = shared.events.send(TransportEvent::Down(peer)).await;
     let _ = dc.close().await;
     let _ = pc.close().await;
 }
