@@ -6,60 +6,9 @@
 //! real one; [`memory`] connects nodes inside one process (tests, simulation)
 //! while still exchanging its offers and answers through the supervisor.
 
-use bytes::Bytes;
-use miostream_protocol::signal::SignalPayload;
-use miostream_protocol::PeerId;
 use tokio::sync::mpsc;
 
-/// What a node asks of its transport.
-#[derive(Debug)]
-pub enum TransportCommand {
-    /// Set up a link to `peer`; the `initiator` sends the offer.
-    Open {
-        /// The peer.
-        peer: PeerId,
-        /// Whether we make the offer (the smaller peer id does).
-        initiator: bool,
-    },
-    /// Tear the link down.
-    Close {
-        /// The peer.
-        peer: PeerId,
-    },
-    /// Send a frame; dropped if the link is down or its send buffer is full
-    /// (the receiver repairs the hole from its other upstreams).
-    Send {
-        /// The peer.
-        peer: PeerId,
-        /// Encoded frame.
-        frame: Bytes,
-    },
-    /// Signaling from `from`, relayed by the supervisor.
-    Signal {
-        /// Sender.
-        from: PeerId,
-        /// Payload.
-        payload: SignalPayload,
-    },
-}
-
-/// What a transport reports.
-#[derive(Debug)]
-pub enum TransportEvent {
-    /// The link to this peer is open.
-    Up(PeerId),
-    /// The link to this peer closed or failed.
-    Down(PeerId),
-    /// A frame arrived.
-    Frame(PeerId, Bytes),
-    /// Signaling to relay to `to` through the supervisor.
-    Signal {
-        /// Addressee.
-        to: PeerId,
-        /// Payload.
-        payload: SignalPayload,
-    },
-}
+pub use miostream_node::link::{TransportCommand, TransportEvent};
 
 /// A node's ends of its transport's queues.
 #[derive(Debug)]
@@ -78,6 +27,10 @@ pub mod memory {
 
     use std::collections::{HashMap, HashSet};
     use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use miostream_protocol::signal::SignalPayload;
+    use miostream_protocol::PeerId;
 
     use super::*;
 

@@ -17,6 +17,11 @@ impl PeerId {
         Self(Uuid::new_v4())
     }
 
+    /// A fixed id (simulations and tests: the same run gets the same ids).
+    pub fn from_u128(n: u128) -> Self {
+        Self(Uuid::from_u128(n))
+    }
+
     /// The id's 16 bytes, as bound into the authentication answer.
     pub fn as_bytes(&self) -> &[u8; 16] {
         self.0.as_bytes()
