@@ -870,12 +870,13 @@ impl<V: Verify> Relay<V> {
         for &p in &self.links.parents {
             push(p, &mut out);
         }
+        // Backup parents: in a list or a tree, and for a mesh's leaf-only
+        // peers, which hang from two relays.
+        for &p in &self.links.backup_parents {
+            push(p, &mut out);
+        }
         match self.kind {
-            TopologyKind::List | TopologyKind::Tree => {
-                for &p in &self.links.backup_parents {
-                    push(p, &mut out);
-                }
-            }
+            TopologyKind::List | TopologyKind::Tree => {}
             TopologyKind::Mesh => {
                 let mut by_depth: Vec<(u16, PeerId)> = self
                     .links

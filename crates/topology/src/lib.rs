@@ -34,12 +34,18 @@
 //! child and no backup child); in the list, after every relay. A relay
 //! that joins takes the first leaf-only position, which moves to the end;
 //! a relay that departs is replaced by the last relay, whose place the last
-//! leaf-only peer takes: still at most two moves per change.
+//! leaf-only peer takes: still at most two moves per change. In the mesh the
+//! grid holds the relays only, and each leaf-only peer hangs from two of
+//! them — a parent that feeds it and a backup parent — chosen among the
+//! relays that feed and back up the fewest (the broadcaster feeds them
+//! while there is no relay); a departing relay's leaf-only peers move to
+//! their backup and get a new one, so no leaf-only peer ever feeds another
+//! (a row of Wi-Fi laptops would otherwise relay to the next one).
 //!
 //! No IO, no clock, no randomness.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
 
 use miostream_protocol::signal::{Capacity, Links};
@@ -213,6 +219,15 @@ pub struct Topology {
     relays: usize,
     /// List: leaf-only peers placed.
     list_leaves: usize,
+    /// Mesh: which relays a leaf-only peer hangs from.
+    hangs: HashMap<PeerId, Hang, PeerHash>,
+    /// Mesh: the leaf-only peers each relay (or the root) feeds and backs up.
+    feeds: HashMap<PeerId, Fed, PeerHash>,
+    /// Mesh: relays by how many leaf-only peers they feed, and back up.
+    by_fed: BTreeSet<(usize, PeerId)>,
+    by_backed: BTreeSet<(usize, PeerId)>,
+    /// Mesh: leaf-only peers without a backup (there was one relay or none).
+    unbacked: BTreeSet<PeerId>,
     /// List: the nodes (a slab; freed ones are in `free`).
     nodes: Vec<ListNode>,
     free: Vec<usize>,
@@ -223,6 +238,22 @@ pub struct Topology {
     order: BTreeMap<ListKey, usize>,
     arrivals: u64,
     scratch: Scratch,
+}
+
+/// Mesh: where a leaf-only peer hangs.
+#[derive(Debug, Clone, Copy)]
+struct Hang {
+    /// The relay that feeds it (the root while there is no relay).
+    parent: PeerId,
+    /// The relay that backs it up.
+    backup: Option<PeerId>,
+}
+
+/// Mesh: the leaf-only peers a relay (or the root) feeds and backs up.
+#[derive(Debug, Clone, Default)]
+struct Fed {
+    children: Vec<PeerId>,
+    backup_children: Vec<PeerId>,
 }
 
 /// The score of a leaf-only peer: below every relay's.
@@ -256,6 +287,11 @@ impl Topology {
             scores: Vec::new(),
             relays: 0,
             list_leaves: 0,
+            hangs: HashMap::with_hasher(PeerHash::new()),
+            feeds: HashMap::with_hasher(PeerHash::new()),
+            by_fed: BTreeSet::new(),
+            by_backed: BTreeSet::new(),
+            unbacked: BTreeSet::new(),
             nodes: Vec::new(),
             free: Vec::new(),
             head: NIL,
@@ -391,19 +427,26 @@ impl Topology {
                 // Positions that change hands: the new slot, `at` and, in
                 // the tree, the parents a faster relay swaps with (max-heap).
                 around.extend([n, at]);
-                if self.kind == TopologyKind::Tree && relay {
-                    let mut p = at;
-                    while let Some(q) = self.tree_parent(p) {
-                        if self.scores[q] >= score {
-                            break;
+                if self.kind == TopologyKind::Tree {
+                    if relay {
+                        let mut p = at;
+                        while let Some(q) = self.tree_parent(p) {
+                            if self.scores[q] >= score {
+                                break;
+                            }
+                            around.push(q);
+                            p = q;
                         }
-                        around.push(q);
-                        p = q;
                     }
-                }
-                // ... and every position linked to those, once n + 1 are placed.
-                for i in 0..around.len() {
-                    self.adjacent(around[i], n + 1, &mut around);
+                    // ... and every position linked to those, once n + 1 are placed.
+                    for i in 0..around.len() {
+                        self.adjacent(around[i], n + 1, &mut around);
+                    }
+                } else if relay {
+                    // The mesh's grid (the relays) grows by one, at `at`; a
+                    // leaf-only joiner moves nobody (it hangs from relays,
+                    // recorded as they are chosen).
+                    self.adjacent(at, self.relays + 1, &mut around);
                 }
                 self.scratch.around = around;
                 self.record_before();
@@ -426,6 +469,14 @@ impl Topology {
                         self.swap(p, q);
                         p = q;
                     }
+                }
+                if self.kind == TopologyKind::Mesh {
+                    if relay {
+                        self.mesh_relay_joined(peer);
+                    } else {
+                        self.mesh_leaf_joined(peer);
+                    }
+                    self.mesh_tidy();
                 }
             }
         }
@@ -481,11 +532,27 @@ impl Topology {
                 let relay = at < self.relays;
                 let last_relay = self.relays.saturating_sub(1);
                 around.extend([at, last, last_relay]);
-                for p in [at, last, last_relay] {
-                    self.adjacent(p, n, &mut around);
+                if self.kind == TopologyKind::Tree {
+                    for p in [at, last, last_relay] {
+                        self.adjacent(p, n, &mut around);
+                    }
+                } else if relay {
+                    // The grid loses its last position; `at` gets a new peer.
+                    for p in [at, last_relay] {
+                        self.adjacent(p, self.relays, &mut around);
+                    }
                 }
                 self.scratch.around = around;
                 self.record_before();
+                if self.kind == TopologyKind::Mesh {
+                    // While every position is where it was: the peers whose
+                    // hangs change are recorded before they do.
+                    if relay {
+                        self.mesh_relay_left(peer);
+                    } else {
+                        self.mesh_leaf_left(peer);
+                    }
+                }
                 if relay {
                     if at != last_relay {
                         self.swap(at, last_relay);
@@ -499,6 +566,10 @@ impl Topology {
                 }
                 self.slots.pop();
                 self.scores.pop();
+                self.index.remove(&peer);
+                if self.kind == TopologyKind::Mesh {
+                    self.mesh_tidy();
+                }
             }
         }
         self.index.remove(&peer);
@@ -607,7 +678,215 @@ impl Topology {
                 out.extend(self.tree_children(p, n));
                 self.tree_backup_children(p, n, |c| out.push(c));
             }
+            // Mesh: `n` is the grid's size (the relays placed).
             TopologyKind::Mesh => out.extend(self.mesh_neighbours(p, n)),
+        }
+    }
+
+    // ----- mesh: leaf-only peers hang from relays --------------------------
+
+    /// Before `peer`'s links change outside the positions a change
+    /// recorded: keeps what they were (once).
+    fn touch(&mut self, peer: PeerId) {
+        let at = if peer == self.root {
+            NIL
+        } else {
+            match self.index.get(&peer) {
+                Some(&at) => at,
+                None => return,
+            }
+        };
+        let mut s = std::mem::take(&mut self.scratch);
+        if !s.before[..s.used].iter().any(|(p, _, _)| *p == peer) {
+            self.record(&mut s, peer, at);
+        }
+        self.scratch = s;
+    }
+
+    /// The relay that feeds (or backs up) the fewest, but not one of `except`.
+    fn least(set: &BTreeSet<(usize, PeerId)>, except: &[PeerId]) -> Option<PeerId> {
+        set.iter().map(|(_, p)| *p).find(|p| !except.contains(p))
+    }
+
+    /// Records `leaf` as fed (or backed up) by `by`, keeping the load order.
+    fn hang_on(&mut self, by: PeerId, leaf: PeerId, backup: bool) {
+        self.touch(by);
+        let fed = self.feeds.entry(by).or_default();
+        let list = if backup {
+            &mut fed.backup_children
+        } else {
+            &mut fed.children
+        };
+        let load = list.len();
+        list.push(leaf);
+        if by != self.root {
+            let set = if backup {
+                &mut self.by_backed
+            } else {
+                &mut self.by_fed
+            };
+            set.remove(&(load, by));
+            set.insert((load + 1, by));
+        }
+    }
+
+    fn unhang(&mut self, by: PeerId, leaf: PeerId, backup: bool) {
+        self.touch(by);
+        let Some(fed) = self.feeds.get_mut(&by) else {
+            return;
+        };
+        let list = if backup {
+            &mut fed.backup_children
+        } else {
+            &mut fed.children
+        };
+        let load = list.len();
+        list.retain(|p| *p != leaf);
+        if by != self.root && list.len() < load {
+            let set = if backup {
+                &mut self.by_backed
+            } else {
+                &mut self.by_fed
+            };
+            set.remove(&(load, by));
+            set.insert((load - 1, by));
+        }
+    }
+
+    /// Gives `leaf` (fed by `parent`) a backup relay, if there is one.
+    fn back_up(&mut self, leaf: PeerId, parent: PeerId) -> Option<PeerId> {
+        let backup = Self::least(&self.by_backed, &[parent]);
+        if let Some(b) = backup {
+            self.hang_on(b, leaf, true);
+        }
+        backup
+    }
+
+    fn set_hang(&mut self, leaf: PeerId, hang: Hang) {
+        if hang.backup.is_none() {
+            self.unbacked.insert(leaf);
+        } else {
+            self.unbacked.remove(&leaf);
+        }
+        self.hangs.insert(leaf, hang);
+    }
+
+    fn mesh_leaf_joined(&mut self, leaf: PeerId) {
+        let parent = Self::least(&self.by_fed, &[]).unwrap_or(self.root);
+        self.hang_on(parent, leaf, false);
+        let backup = self.back_up(leaf, parent);
+        self.set_hang(leaf, Hang { parent, backup });
+    }
+
+    fn mesh_leaf_left(&mut self, leaf: PeerId) {
+        self.unbacked.remove(&leaf);
+        if let Some(h) = self.hangs.remove(&leaf) {
+            self.unhang(h.parent, leaf, false);
+            if let Some(b) = h.backup {
+                self.unhang(b, leaf, true);
+            }
+        }
+    }
+
+    fn mesh_relay_joined(&mut self, relay: PeerId) {
+        self.by_fed.insert((0, relay));
+        self.by_backed.insert((0, relay));
+        self.feeds.insert(relay, Fed::default());
+    }
+
+    /// Moves `leaf` to be fed by `to`; if `to` was its backup, its old
+    /// parent backs it up instead.
+    fn move_leaf(&mut self, leaf: PeerId, to: PeerId) {
+        let Some(h) = self.hangs.get(&leaf).copied() else {
+            return;
+        };
+        self.touch(leaf);
+        self.unhang(h.parent, leaf, false);
+        let mut backup = h.backup;
+        if backup == Some(to) {
+            self.unhang(to, leaf, true);
+            backup = (h.parent != self.root).then_some(h.parent);
+            if let Some(b) = backup {
+                self.hang_on(b, leaf, true);
+            }
+        }
+        self.hang_on(to, leaf, false);
+        self.set_hang(leaf, Hang { parent: to, backup });
+    }
+
+    /// After every mesh change, a bounded step towards where the leaf-only
+    /// peers belong: up to two of those the root feeds (there was no relay
+    /// when they came) move to relays, one moves from the relay feeding the
+    /// most to the one feeding the fewest if they differ by two, and up to
+    /// two without a backup get one.
+    fn mesh_tidy(&mut self) {
+        let root = self.root;
+        for _ in 0..2 {
+            let orphan = self
+                .feeds
+                .get(&root)
+                .and_then(|f| f.children.first().copied());
+            match (orphan, Self::least(&self.by_fed, &[])) {
+                (Some(leaf), Some(to)) => self.move_leaf(leaf, to),
+                _ => break,
+            }
+        }
+        let most = self.by_fed.iter().next_back().copied();
+        let fewest = self.by_fed.iter().next().copied();
+        if let (Some((m, from)), Some((f, to))) = (most, fewest) {
+            if m >= f + 2 {
+                let leaf = self
+                    .feeds
+                    .get(&from)
+                    .and_then(|fed| fed.children.first().copied());
+                if let Some(leaf) = leaf {
+                    self.move_leaf(leaf, to);
+                }
+            }
+        }
+        let unbacked: Vec<PeerId> = self.unbacked.iter().take(2).copied().collect();
+        for leaf in unbacked {
+            if let Some(h) = self.hangs.get(&leaf).copied() {
+                if Self::least(&self.by_backed, &[h.parent]).is_some() {
+                    self.touch(leaf);
+                    let backup = self.back_up(leaf, h.parent);
+                    self.set_hang(leaf, Hang { backup, ..h });
+                }
+            }
+        }
+    }
+
+    /// A departing relay's leaf-only peers move to their backup relay (or
+    /// the one feeding the fewest) and get a new backup.
+    fn mesh_relay_left(&mut self, relay: PeerId) {
+        let Some(fed) = self.feeds.remove(&relay) else {
+            return;
+        };
+        self.by_fed.remove(&(fed.children.len(), relay));
+        self.by_backed.remove(&(fed.backup_children.len(), relay));
+        for leaf in fed.children {
+            self.touch(leaf);
+            let Some(h) = self.hangs.get(&leaf).copied() else {
+                continue;
+            };
+            let parent = match h.backup {
+                Some(b) => {
+                    self.unhang(b, leaf, true);
+                    b
+                }
+                None => Self::least(&self.by_fed, &[]).unwrap_or(self.root),
+            };
+            self.hang_on(parent, leaf, false);
+            let backup = self.back_up(leaf, parent);
+            self.set_hang(leaf, Hang { parent, backup });
+        }
+        for leaf in fed.backup_children {
+            self.touch(leaf);
+            let Some(h) = self.hangs.get(&leaf).copied() else {
+                continue;
+            };
+            let backup = self.back_up(leaf, h.parent);
+            self.set_hang(leaf, Hang { backup, ..h });
         }
     }
 
@@ -726,7 +1005,7 @@ impl Topology {
     fn mesh_depth(&self, p: usize) -> u32 {
         let w = self.config.mesh_width;
         let (r, c) = (p / w, p % w);
-        let to_entry = (0..self.config.mesh_entries.min(self.slots.len()))
+        let to_entry = (0..self.config.mesh_entries.min(self.relays))
             .map(|e| r.max(c.abs_diff(e % w)))
             .min()
             .unwrap_or(0);
@@ -792,12 +1071,22 @@ impl Topology {
                 let backup_children = &mut l.backup_children;
                 self.tree_backup_children(at, n, |c| backup_children.push(self.slots[c]));
             }
-            TopologyKind::Mesh => {
+            TopologyKind::Mesh if at < self.relays => {
                 if self.mesh_is_entry(at) {
                     l.parents.push(self.root);
                 }
                 l.neighbours
-                    .extend(self.mesh_neighbours(at, n).map(|q| self.slots[q]));
+                    .extend(self.mesh_neighbours(at, self.relays).map(|q| self.slots[q]));
+                if let Some(fed) = self.feeds.get(&self.slots[at]) {
+                    l.children.extend_from_slice(&fed.children);
+                    l.backup_children.extend_from_slice(&fed.backup_children);
+                }
+            }
+            TopologyKind::Mesh => {
+                if let Some(h) = self.hangs.get(&self.slots[at]) {
+                    l.parents.push(h.parent);
+                    l.backup_parents.extend(h.backup);
+                }
             }
         }
     }
@@ -824,8 +1113,11 @@ impl Topology {
                 l.children.extend_from_slice(&self.slots[..k]);
             }
             TopologyKind::Mesh => {
-                let e = self.config.mesh_entries.min(self.slots.len());
+                let e = self.config.mesh_entries.min(self.relays);
                 l.children.extend_from_slice(&self.slots[..e]);
+                if let Some(fed) = self.feeds.get(&self.root) {
+                    l.children.extend_from_slice(&fed.children);
+                }
             }
         }
     }
@@ -846,7 +1138,14 @@ impl Topology {
         Some(match self.kind {
             TopologyKind::List => self.order.range(..self.nodes[at].key).count() as u32 + 1,
             TopologyKind::Tree => self.tree_depth(at),
-            TopologyKind::Mesh => self.mesh_depth(at),
+            TopologyKind::Mesh if at < self.relays => self.mesh_depth(at),
+            TopologyKind::Mesh => match self.hangs.get(&peer) {
+                Some(h) if h.parent != self.root => self
+                    .index
+                    .get(&h.parent)
+                    .map_or(1, |&q| self.mesh_depth(q) + 1),
+                _ => 1,
+            },
         })
     }
 

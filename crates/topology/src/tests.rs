@@ -138,6 +138,26 @@ fn check(t: &Topology, changes: Option<&Changes>, before: &HashMap<PeerId, Links
         leaves,
         peers.iter().filter(|p| !t.is_relay(**p).unwrap()).count()
     );
+    // In the mesh no leaf-only peer ever feeds anyone (or is a neighbour):
+    // each hangs from relays (the root while there is none).
+    if t.kind() == TopologyKind::Mesh {
+        for p in peers.iter().filter(|p| !t.is_relay(**p).unwrap()) {
+            let l = &links[p];
+            assert!(
+                l.children.is_empty() && l.backup_children.is_empty() && l.neighbours.is_empty(),
+                "leaf-only {p:?} feeds {l:?}"
+            );
+            assert_eq!(l.parents.len(), 1, "{p:?} hangs from one parent");
+            assert!(l.backup_parents.len() <= 1);
+            assert!(!l.backup_parents.contains(&l.parents[0]));
+            for q in l.parents.iter().chain(&l.backup_parents) {
+                assert!(
+                    *q == root || t.is_relay(*q).unwrap(),
+                    "{p:?} hangs from a leaf"
+                );
+            }
+        }
+    }
     if t.kind() == TopologyKind::Tree && k == 2 && leaves <= peers.len() - leaves {
         for p in peers.iter().filter(|p| !t.is_relay(**p).unwrap()) {
             let l = &links[p];
@@ -159,13 +179,25 @@ fn check(t: &Topology, changes: Option<&Changes>, before: &HashMap<PeerId, Links
         let bound = match t.kind() {
             TopologyKind::List => 6 * (t.config.list_backups + 2),
             TopologyKind::Tree => 4 * (k + 1) * (k + 1) + 8,
-            TopologyKind::Mesh => 40,
+            // A departing relay's leaf-only peers and their new relays.
+            TopologyKind::Mesh => 50 + 2 * t.max_leaves_per_relay(),
         };
         assert!(
             c.affected.len() <= bound,
             "{} peers reconfigured",
             c.affected.len()
         );
+    }
+}
+
+impl Topology {
+    /// Mesh: the most leaf-only peers one relay (or the root) feeds and backs up.
+    fn max_leaves_per_relay(&self) -> usize {
+        self.feeds
+            .values()
+            .map(|f| f.children.len() + f.backup_children.len())
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -286,6 +318,48 @@ fn slow_peers_that_join_first_end_up_as_leaves() {
         );
     }
     assert_eq!(t.leaves(), 3);
+}
+
+#[test]
+fn in_a_mesh_slow_peers_hang_from_relays_and_never_feed_each_other() {
+    // The office: three Wi-Fi laptops join first, then five wired desktops,
+    // in an 8-wide mesh (one row: the laptops would relay to each other).
+    let mut t = Topology::new(TopologyKind::Mesh, id(ROOT), TopologyConfig::default());
+    for i in 1..=3 {
+        t.join_leaf(id(i), Capacity::default()).unwrap();
+    }
+    // No relay yet: the broadcaster feeds them.
+    assert_eq!(t.links(id(1)).unwrap().parents, vec![id(ROOT)]);
+    for i in 4..=8 {
+        t.join(id(i), Capacity::default()).unwrap();
+    }
+    let relays: Vec<PeerId> = (4..=8).map(id).collect();
+    let hangs = |t: &Topology| -> Vec<(PeerId, Option<PeerId>)> {
+        (1..=3)
+            .map(|i| {
+                let l = t.links(id(i)).unwrap();
+                assert!(l.neighbours.is_empty() && l.children.is_empty(), "{l:?}");
+                (l.parents[0], l.backup_parents.first().copied())
+            })
+            .collect()
+    };
+    // Each laptop is fed by a desktop and backed up by another one.
+    for (parent, backup) in hangs(&t) {
+        assert!(relays.contains(&parent), "{parent:?}");
+        let backup = backup.expect("a backup relay");
+        assert!(relays.contains(&backup) && backup != parent);
+    }
+    // The desktops feed them evenly: no desktop feeds two while one feeds none.
+    let mut fed: Vec<PeerId> = hangs(&t).into_iter().map(|(p, _)| p).collect();
+    fed.sort();
+    fed.dedup();
+    assert_eq!(fed.len(), 3, "three laptops on three desktops");
+    // A feeding desktop fails: its laptop moves to its backup at once.
+    let (parent, backup) = hangs(&t)[0];
+    t.fail(parent).unwrap();
+    let (now, next) = hangs(&t)[0];
+    assert_eq!(Some(now), backup);
+    assert!(next.is_some_and(|b| b != now && b != parent));
 }
 
 #[test]
