@@ -173,6 +173,10 @@ pub struct Relay<V> {
     liveness_grace: Option<Instant>,
     /// Upstreams whose copies lagged, excluded until then.
     lagging: HashMap<PeerId, Instant>,
+    /// Peers that sent us a forged chunk: never our upstream again (the
+    /// supervisor decides whether they go; until then holes are filled
+    /// from others). Only linked peers are kept.
+    distrusted: HashSet<PeerId>,
     /// When each recent sequence number first arrived.
     arrivals: VecDeque<(u64, Instant)>,
     /// When we last asked for the init segment we lack.
@@ -230,6 +234,7 @@ impl<V: Verify> Relay<V> {
             last_tick: now,
             liveness_grace: None,
             lagging: HashMap::new(),
+            distrusted: HashSet::new(),
             arrivals: VecDeque::new(),
             init_asked: None,
             gap_history: HashMap::new(),
@@ -304,6 +309,7 @@ impl<V: Verify> Relay<V> {
             }
         }
         self.retiring.retain(|p, _| !linked.contains(p));
+        self.distrusted.retain(|p| linked.contains(p));
         let keep = |p: &PeerId| linked.contains(p) || self.retiring.contains_key(p);
         self.subscribers.retain(keep);
         self.upstreams.retain(keep);
@@ -417,6 +423,7 @@ impl<V: Verify> Relay<V> {
                         from,
                         header.seq,
                         format!("chunk of {:?}, not {:?}", header.stream, self.stream),
+                        now,
                     );
                     return;
                 }
@@ -426,7 +433,7 @@ impl<V: Verify> Relay<V> {
                 if let Some((_, held)) = self.store.get(header.seq) {
                     if *held != frame {
                         if let Err(Refusal::Forged(reason)) = self.verify.check_copy(&chunk) {
-                            self.reject(from, header.seq, reason);
+                            self.reject(from, header.seq, reason, now);
                             return;
                         }
                     }
@@ -442,7 +449,7 @@ impl<V: Verify> Relay<V> {
                 match self.verify.verify(&chunk) {
                     Ok(()) => {}
                     Err(Refusal::Forged(reason)) => {
-                        self.reject(from, header.seq, reason);
+                        self.reject(from, header.seq, reason, now);
                         return;
                     }
                     Err(Refusal::Replayed) => {
@@ -662,9 +669,12 @@ impl<V: Verify> Relay<V> {
         self.out.pop_front()
     }
 
-    fn reject(&mut self, from: PeerId, seq: u64, reason: String) {
+    fn reject(&mut self, from: PeerId, seq: u64, reason: String, now: Instant) {
         self.stats.rejected += 1;
         self.out.push_back(Output::Rejected { from, seq, reason });
+        if self.distrusted.insert(from) && self.upstreams.contains(&from) {
+            self.refresh_upstreams(now);
+        }
     }
 
     /// A frame from `from` that is not ours to read: counted, and past
@@ -859,6 +869,7 @@ impl<V: Verify> Relay<V> {
             self.up.get(p).is_some_and(|l| !l.silent)
                 && !self.subscribers.contains(p)
                 && !self.lagging.contains_key(p)
+                && !self.distrusted.contains(p)
                 && *p != self.me
         };
         let mut out: Vec<PeerId> = Vec::new();

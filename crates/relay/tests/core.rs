@@ -266,6 +266,29 @@ fn a_forged_chunk_not_accepted_yet_is_reported() {
 }
 
 #[test]
+fn a_forger_is_never_our_upstream_again_and_the_backup_takes_over() {
+    // Warm standby: one upstream, the parent.
+    let mut rig = Rig::new(1, RelayConfig::default());
+    let (a, b) = (rig.parent, rig.backups[0]);
+    rig.from(a, init(0));
+    rig.from(a, media(1));
+    assert_eq!(rig.relay.upstreams(), &[a]);
+    let forged = chunk(2, ChunkKind::Media, ChunkFlags::empty(), 100, 0xff);
+    let out = rig.from(a, forged);
+    assert_eq!(rejected(&out), 1);
+    // Dropped at once, for the backup, from the first chunk not accepted.
+    assert_eq!(unsubscribes(&out), vec![a]);
+    let subs = subscribes(&out);
+    assert_eq!(subs.len(), 1);
+    assert_eq!((subs[0].0, subs[0].1), (b, 2));
+    assert_eq!(rig.relay.upstreams(), &[b]);
+    // Even when the backup goes, the forger is not taken back.
+    rig.relay.link_down(b, rig.now);
+    rig.drain();
+    assert!(rig.relay.upstreams().is_empty());
+}
+
+#[test]
 fn garbage_closes_the_link_after_a_small_allowance_and_is_never_reported() {
     let mut rig = Rig::new(1, hot());
     let a = rig.parent;

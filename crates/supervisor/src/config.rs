@@ -149,13 +149,13 @@ impl Default for TopologySection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IntegritySection {
-    /// Reports before a relay is cut out.
+    /// Distinct reporters before a relay is cut out.
     pub bad_chunk_limit: u32,
 }
 
 impl Default for IntegritySection {
     fn default() -> Self {
-        Self { bad_chunk_limit: 3 }
+        Self { bad_chunk_limit: 2 }
     }
 }
 

@@ -12,6 +12,15 @@
 //! [`Placement::lag_window`] (`REPORT_LAGGING`), is demoted to a leaf; its
 //! children move, make before break. A liar can at worst demote a
 //! neighbour, never cut it out.
+//!
+//! **Ejection on evidence that holds up.** A relay is cut out as
+//! misbehaving only when [`ManagerConfig::bad_chunk_limit`] *distinct*
+//! peers linked to it report a bad chunk from it within
+//! [`REPORT_WINDOW`]: one liar can accuse, never eject (the reporter's own
+//! relay has stopped taking chunks from the accused already). A reporter
+//! counts once per accused. One that accuses [`MAX_LONE_ACCUSATIONS`]
+//! distinct peers within the window with nobody backing any of it is itself
+//! cut out: honest peers meet a forger rarely, and together.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -46,7 +55,8 @@ pub enum Output {
 pub struct ManagerConfig {
     /// Overlay settings for new streams.
     pub topology: TopologyConfig,
-    /// Reports before a relay is cut out.
+    /// Distinct peers whose bad-chunk reports within [`REPORT_WINDOW`] cut a
+    /// relay out.
     pub bad_chunk_limit: u32,
     /// Placement by measured capacity.
     pub placement: Placement,
@@ -97,10 +107,11 @@ struct Stream {
     broadcaster: PeerId,
     topology: Topology,
     epoch: u64,
-    /// Bad-chunk reports per accused relay. A report can only come from a
-    /// peer linked to the accused, so a lone liar can frame only its own
-    /// neighbours (documented limit).
-    reports: HashMap<PeerId, usize>,
+    /// Bad-chunk reports per accused relay: who reported, when (one entry
+    /// per reporter). Only a peer linked to the accused can report it.
+    reports: HashMap<PeerId, Vec<(PeerId, Instant)>>,
+    /// Per reporter: the peers it accused, when.
+    accusations: HashMap<PeerId, Vec<(PeerId, Instant)>>,
     /// Lag reports per relay: who reported, when.
     lag_reports: HashMap<PeerId, Vec<(PeerId, Instant)>>,
     /// The stream's bitrate as receivers report it (kbit/s; 0 = none yet).
@@ -116,6 +127,13 @@ struct NewStream {
     signing_key: Option<String>,
     resume: Option<ResumeStream>,
 }
+
+/// Bad-chunk reports against a relay count within this window.
+pub const REPORT_WINDOW: Duration = Duration::from_secs(60);
+
+/// Distinct peers one reporter may accuse within [`REPORT_WINDOW`], with
+/// nobody confirming, before it is cut out itself.
+pub const MAX_LONE_ACCUSATIONS: usize = 3;
 
 /// All streams and connected peers of one supervisor.
 pub struct Manager {
@@ -257,7 +275,7 @@ impl Manager {
                 upstream,
                 seq,
                 reason,
-            } => self.report(from, joined, upstream, seq, &reason),
+            } => self.report(from, joined, upstream, seq, &reason, now),
             PeerMessage::CapacityProbe { padding, last } => self.probe(from, &padding, last),
             PeerMessage::ReportLagging { upstream } => self.lagging(from, joined, upstream, now),
             PeerMessage::QosReport {
@@ -402,6 +420,7 @@ impl Manager {
                 topology: Topology::new(topology, from, self.config.topology.clone()),
                 epoch: 0,
                 reports: HashMap::new(),
+                accusations: HashMap::new(),
                 lag_reports: HashMap::new(),
                 bitrate_kbps: 0,
             },
@@ -487,6 +506,7 @@ impl Manager {
             stream.topology.leave(who)
         };
         stream.reports.remove(&who);
+        stream.accusations.remove(&who);
         stream.lag_reports.remove(&who);
         if let Ok(changes) = changes {
             reconfigure(stream, &changes, &mut out);
@@ -558,8 +578,9 @@ impl Manager {
         upstream: PeerId,
         seq: u64,
         reason: &str,
+        now: Instant,
     ) -> Vec<Output> {
-        let limit = self.config.bad_chunk_limit.max(1) as usize;
+        let needed = self.config.bad_chunk_limit.max(1) as usize;
         let Some(stream) = joined.and_then(|id| self.streams.get_mut(&id)) else {
             return Vec::new();
         };
@@ -568,14 +589,40 @@ impl Manager {
         if !stream.topology.is_linked(from, upstream) || upstream == stream.broadcaster {
             return Vec::new();
         }
+        let fresh = |t: &Instant| now.saturating_duration_since(*t) < REPORT_WINDOW;
+        let reports = stream.reports.entry(upstream).or_default();
+        reports.retain(|(_, t)| fresh(t));
+        if reports.iter().any(|(p, _)| *p == from) {
+            return Vec::new(); // once per reporter and accused
+        }
         tracing::warn!(reporter = %from, %upstream, seq, reason, "bad chunk reported");
-        let count = stream.reports.entry(upstream).or_default();
-        *count += 1;
-        if *count >= limit {
+        reports.push((from, now));
+        if reports.len() >= needed {
+            let reporters: Vec<PeerId> = reports.iter().map(|(p, _)| *p).collect();
+            stream.reports.remove(&upstream);
+            // Backed up: these accusations held.
+            for r in reporters {
+                if let Some(a) = stream.accusations.get_mut(&r) {
+                    a.retain(|(p, _)| *p != upstream);
+                }
+            }
             return self.cut_off(
                 upstream,
                 ErrorCode::Misbehaving,
-                format!("{limit} chunks you relayed failed verification"),
+                format!("{needed} peers you relayed to received chunks that failed verification"),
+            );
+        }
+        let accused = stream.accusations.entry(from).or_default();
+        accused.retain(|(_, t)| fresh(t));
+        accused.push((upstream, now));
+        if accused.len() >= MAX_LONE_ACCUSATIONS {
+            return self.cut_off(
+                from,
+                ErrorCode::Misbehaving,
+                format!(
+                    "you reported {MAX_LONE_ACCUSATIONS} peers as forgers within {} s and nobody confirmed it",
+                    REPORT_WINDOW.as_secs()
+                ),
             );
         }
         Vec::new()

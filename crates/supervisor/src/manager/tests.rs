@@ -236,49 +236,94 @@ fn signaling_only_between_linked_peers_of_the_same_stream() {
     assert_eq!(error_code(&out), Some(ErrorCode::Forbidden));
 }
 
-#[test]
-fn a_reported_relay_is_cut_out_but_the_broadcaster_never_is() {
-    let mut f = Fixture::new();
+/// A tree of `n` receivers under a fresh broadcaster; the first receiver
+/// that feeds two others, and those two.
+fn relay_with_two_children(f: &mut Fixture, n: u8) -> (PeerId, PeerId, PeerId, PeerId) {
     let b = f.peer(ComponentType::Broadcaster, 1);
-    f.stream(b, TopologyKind::List);
-    let r1 = f.peer(ComponentType::Receiver, 2);
-    let r2 = f.peer(ComponentType::Receiver, 3);
-    f.join(r1);
-    f.join(r2);
-    let report = |upstream| PeerMessage::ReportBadChunk {
+    f.stream(b, TopologyKind::Tree);
+    let receivers: Vec<PeerId> = (0..n)
+        .map(|i| f.peer(ComponentType::Receiver, 10 + i))
+        .collect();
+    for &r in &receivers {
+        f.join(r);
+    }
+    let topology = &f.m.streams.values().next().unwrap().topology;
+    for &r in &receivers {
+        let children = topology.links(r).unwrap().children;
+        if children.len() == 2 {
+            return (b, r, children[0], children[1]);
+        }
+    }
+    panic!("no relay with two children");
+}
+
+fn report(upstream: PeerId) -> PeerMessage {
+    PeerMessage::ReportBadChunk {
         upstream,
         seq: 5,
         reason: "bad tag".into(),
-    };
+    }
+}
+
+fn cut(out: &[Output], who: PeerId) -> bool {
+    out.iter()
+        .any(|o| matches!(o, Output::Disconnect(p, ErrorCode::Misbehaving, _) if *p == who))
+}
+
+#[test]
+fn a_relay_is_cut_out_on_reports_from_two_distinct_peers_never_the_broadcaster() {
+    let mut f = Fixture::new();
+    let (b, relay, c1, c2) = relay_with_two_children(&mut f, 6);
     // Reports against the broadcaster are ignored.
     for _ in 0..5 {
-        assert!(f.send(r1, report(b)).is_empty());
+        assert!(f.send(c1, report(b)).is_empty());
     }
-    // Find r2's parent among the receivers (capacity ordering may place either first).
-    let (child, relay) = if f
-        .m
-        .streams
-        .values()
-        .next()
-        .unwrap()
-        .topology
-        .links(r2)
-        .unwrap()
-        .parents
-        == vec![r1]
-    {
-        (r2, r1)
-    } else {
-        (r1, r2)
-    };
-    assert!(f.send(child, report(relay)).is_empty());
-    let out = f.send(child, report(relay));
-    assert!(out
+    // One child, however often it reports, cannot eject its parent.
+    for _ in 0..5 {
+        assert!(!cut(&f.send(c1, report(relay)), relay));
+    }
+    // A second child backs it up: the relay is cut out.
+    let out = f.send(c2, report(relay));
+    assert!(cut(&out, relay), "{out:?}");
+    assert_eq!(f.m.streams()[0].receivers, 5);
+    assert!(f.m.peers.contains_key(&c1) && f.m.peers.contains_key(&c2));
+}
+
+#[test]
+fn reports_expire_so_two_lone_reports_far_apart_eject_nobody() {
+    let mut f = Fixture::new();
+    let (_, relay, c1, c2) = relay_with_two_children(&mut f, 6);
+    assert!(f.send(c1, report(relay)).is_empty());
+    f.now += REPORT_WINDOW;
+    assert!(!cut(&f.send(c2, report(relay)), relay));
+}
+
+#[test]
+fn a_liar_that_accuses_its_neighbours_one_by_one_is_cut_out_itself() {
+    let mut f = Fixture::new();
+    let b = f.peer(ComponentType::Broadcaster, 1);
+    f.stream(b, TopologyKind::Mesh);
+    let receivers: Vec<PeerId> = (0..12)
+        .map(|i| f.peer(ComponentType::Receiver, 10 + i))
+        .collect();
+    for &r in &receivers {
+        f.join(r);
+    }
+    // A mesh node with many neighbours accuses them, one each.
+    let topology = &f.m.streams.values().next().unwrap().topology;
+    let (liar, neighbours) = receivers
         .iter()
-        .any(|o| matches!(o, Output::Disconnect(p, ErrorCode::Misbehaving, _) if *p == relay)));
-    assert_eq!(f.m.streams()[0].receivers, 1);
-    // The relay is forgotten: the broadcaster and the reporter remain.
-    assert_eq!(f.m.peer_count(), 2);
+        .map(|&r| (r, topology.links(r).unwrap().neighbours))
+        .max_by_key(|(_, n)| n.len())
+        .unwrap();
+    assert!(neighbours.len() >= MAX_LONE_ACCUSATIONS);
+    for (i, &n) in neighbours.iter().take(MAX_LONE_ACCUSATIONS).enumerate() {
+        let out = f.send(liar, report(n));
+        assert!(!cut(&out, n), "a lone accusation ejected {n:?}");
+        assert_eq!(cut(&out, liar), i + 1 == MAX_LONE_ACCUSATIONS, "{out:?}");
+    }
+    assert!(!f.m.peers.contains_key(&liar));
+    assert!(neighbours.iter().all(|n| f.m.peers.contains_key(n)));
 }
 
 #[test]
