@@ -70,6 +70,12 @@ pub struct RelayConfig {
     /// feeding (or being fed) until the new upstreams are up or this long
     /// has passed; then the driver closes it.
     pub retire_grace: Duration,
+    /// Bytes per second a link may be sent again on request (subscription
+    /// backlogs and gap fill), so one peer asking for the buffer over and
+    /// over cannot starve the others.
+    pub repair_rate: u32,
+    /// What a link may be sent again at once (a fresh link's budget).
+    pub repair_burst: u32,
 }
 
 impl Default for RelayConfig {
@@ -91,6 +97,10 @@ impl Default for RelayConfig {
             gap_timeout: Duration::from_millis(150),
             max_hole_wait: Duration::from_secs(3),
             retire_grace: Duration::from_secs(3),
+            // 3 Mbit/s sustained, 2 MiB at once: a failover's backlog of a
+            // few seconds of an HD stream fits; a flood gets no more.
+            repair_rate: 384 * 1024,
+            repair_burst: 2 * 1024 * 1024,
         }
     }
 }

@@ -71,6 +71,8 @@ pub struct RelayStats {
     /// Times our own timers fired so late that we, not our links, were
     /// stalled: no link was declared dead for that silence.
     pub local_stalls: u64,
+    /// Replays (backlogs, gap fills) cut short by a link's replay budget.
+    pub replays_throttled: u64,
 }
 
 /// One live link, and what we learn from what it sends.
@@ -95,6 +97,10 @@ struct Link {
     /// as well as a heartbeat does).
     sent_at: Option<Instant>,
     garbage: u32,
+    /// Bytes we may still replay to this peer (subscription backlogs, gap
+    /// fill): a token bucket, refilled at [`RelayConfig::repair_rate`].
+    repair_tokens: f64,
+    repair_at: Instant,
 }
 
 impl Link {
@@ -111,7 +117,22 @@ impl Link {
             renewed: false,
             sent_at: None,
             garbage: 0,
+            repair_tokens: 0.0,
+            repair_at: now,
         }
+    }
+
+    /// Takes `bytes` from the replay budget if it holds them.
+    fn charge(&mut self, bytes: usize, now: Instant, config: &RelayConfig) -> bool {
+        let refill = now.saturating_duration_since(self.repair_at).as_secs_f64()
+            * f64::from(config.repair_rate);
+        self.repair_at = now;
+        self.repair_tokens = (self.repair_tokens + refill).min(f64::from(config.repair_burst));
+        if self.repair_tokens < bytes as f64 {
+            return false;
+        }
+        self.repair_tokens -= bytes as f64;
+        true
     }
 
     fn heard(&mut self, now: Instant) {
@@ -343,6 +364,7 @@ impl<V: Verify> Relay<V> {
         self.subscribers.remove(&peer);
         self.upstreams.retain(|p| *p != peer);
         let mut link = Link::new(now, self.config.heartbeat_interval);
+        link.repair_tokens = f64::from(self.config.repair_burst);
         if let Some(&(gap, dev)) = self.gap_history.get(&peer) {
             (link.gap_us, link.gap_dev_us) = (gap, dev);
         }
@@ -481,7 +503,7 @@ impl<V: Verify> Relay<V> {
                 flags,
             } if stream == self.stream => {
                 self.subscribers.insert(from);
-                self.serve_subscription(from, first, flags);
+                self.serve_subscription(from, first, flags, now);
             }
             FrameRef::Unsubscribe { stream } if stream == self.stream => {
                 self.subscribers.remove(&from);
@@ -499,9 +521,7 @@ impl<V: Verify> Relay<V> {
                     .take_while(|(h, _)| h.seq < end)
                     .map(|(_, f)| f.clone())
                     .collect();
-                for frame in frames {
-                    self.out.push_back(Output::Send { to: from, frame });
-                }
+                self.replay(from, frames, now);
             }
             FrameRef::Subscribe { .. }
             | FrameRef::Unsubscribe { .. }
@@ -838,28 +858,37 @@ impl<V: Verify> Relay<V> {
         }
     }
 
-    fn serve_subscription(&mut self, to: PeerId, first: u64, flags: SubscribeFlags) {
+    fn serve_subscription(&mut self, to: PeerId, first: u64, flags: SubscribeFlags, now: Instant) {
+        let mut frames: Vec<Bytes> = Vec::new();
         if flags.contains(SubscribeFlags::NEED_INIT) {
-            for frame in self.store.init_frames() {
-                self.out.push_back(Output::Send {
-                    to,
-                    frame: frame.clone(),
-                });
-            }
+            frames.extend(self.store.init_frames().cloned());
         }
         let start = if flags.contains(SubscribeFlags::FROM_KEYFRAME) {
-            match self.store.latest_keyframe() {
-                Some(s) => s,
-                None => return, // live chunks will follow
-            }
+            self.store.latest_keyframe()
         } else {
-            first
+            Some(first)
         };
-        for (_, frame) in self.store.media_from(start) {
-            self.out.push_back(Output::Send {
-                to,
-                frame: frame.clone(),
-            });
+        if let Some(start) = start {
+            frames.extend(self.store.media_from(start).map(|(_, f)| f.clone()));
+        }
+        self.replay(to, frames, now);
+    }
+
+    /// Sends `to` what it asked for again, within its link's replay budget:
+    /// a peer that asks for the buffer over and over (gap requests,
+    /// subscriptions) gets [`RelayConfig::repair_rate`] and no more, so it
+    /// cannot starve the links of others. What does not fit is not sent
+    /// (an honest peer asks again, or gets it from someone else).
+    fn replay(&mut self, to: PeerId, frames: Vec<Bytes>, now: Instant) {
+        let Some(link) = self.up.get_mut(&to) else {
+            return;
+        };
+        for frame in frames {
+            if !link.charge(frame.len(), now, &self.config) {
+                self.stats.replays_throttled += 1;
+                return;
+            }
+            self.out.push_back(Output::Send { to, frame });
         }
     }
 

@@ -288,6 +288,59 @@ fn a_forger_is_never_our_upstream_again_and_the_backup_takes_over() {
     assert!(rig.relay.upstreams().is_empty());
 }
 
+fn bytes_sent_to(out: &[Output], peer: PeerId) -> usize {
+    out.iter()
+        .map(|o| match o {
+            Output::Send { to, frame } if *to == peer => frame.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+#[test]
+fn a_gap_flood_gets_the_replay_budget_and_no_more() {
+    let config = RelayConfig {
+        repair_rate: 2_000,
+        repair_burst: 10_000,
+        ..RelayConfig::default()
+    };
+    let mut rig = Rig::new(1, config);
+    let (a, flooder) = (rig.parent, rig.backups[0]);
+    rig.from(a, init(0));
+    for seq in 1..=40 {
+        rig.from(a, media(seq));
+    }
+    let held: usize = (1..=40).map(|s| media(s).len()).sum();
+    assert!(held < 10_000, "one request fits the burst");
+    let gap = Bytes::from(
+        Frame::GapRequest {
+            stream: STREAM,
+            first: 1,
+            count: 40,
+        }
+        .encode()
+        .unwrap(),
+    );
+    // The first request is served in full.
+    let out = rig.from(flooder, gap.clone());
+    assert_eq!(bytes_sent_to(&out, flooder), held);
+    // A hundred more within a second get what the budget refills: without
+    // it they would cost 100 times the buffer.
+    let mut flood = 0;
+    for _ in 0..100 {
+        rig.now += Duration::from_millis(10);
+        flood += bytes_sent_to(&rig.from(flooder, gap.clone()), flooder);
+    }
+    assert!(
+        flood <= 10_000 - held + 2_000 + 200,
+        "{flood} bytes replayed"
+    );
+    assert!(rig.relay.stats().replays_throttled >= 90);
+    // Given time, an honest request is served again.
+    rig.now += Duration::from_secs(5);
+    assert_eq!(bytes_sent_to(&rig.from(flooder, gap), flooder), held);
+}
+
 #[test]
 fn garbage_closes_the_link_after_a_small_allowance_and_is_never_reported() {
     let mut rig = Rig::new(1, hot());
