@@ -10,7 +10,8 @@
 //! - [`monitor`]: the supervisor's monitor API, for the overlay order;
 //! - [`demo`]: the README's main job;
 //! - [`network`]: `--network` profiles (host classes; pure);
-//! - [`hosts`]: the shaped hosts a profile becomes (namespaces; IO).
+//! - [`hosts`]: the shaped hosts a profile becomes (namespaces; IO);
+//! - [`simulate`]: the same experiments in virtual time (`miostream-sim`).
 
 pub mod cluster;
 pub mod demo;
@@ -20,4 +21,5 @@ pub mod hosts;
 pub mod monitor;
 pub mod network;
 pub mod qos;
+pub mod simulate;
 pub mod sweep;

@@ -1,4 +1,5 @@
-//! `miostream-lab`: `demo`, `experiment` (one run or `--sweep`) and `plot`
+//! `miostream-lab`: `demo`, `experiment` (one run or `--sweep`), `simulate`
+//! (the same in virtual time) and `plot`
 //! (see `--help`).
 
 use std::path::PathBuf;
@@ -122,6 +123,62 @@ enum Command {
         /// Sweep: networks (profiles as for --network; `loopback` for none).
         #[arg(long, value_delimiter = ',', value_name = "PROFILES")]
         networks: Vec<String>,
+    },
+    /// The experiment (or `--sweep`) in virtual time: the real supervisor
+    /// Manager and node cores over a simulated network, seeded and
+    /// deterministic. Writes OUT/results.csv (+ hosts.csv with --network,
+    /// report, figures) as `experiment` does.
+    Simulate {
+        /// Receivers (the paper: 83).
+        #[arg(long, default_value_t = 30)]
+        receivers: usize,
+        /// Overlay: list, tree or mesh.
+        #[arg(long, default_value = "tree", value_parser = ["list", "tree", "mesh"])]
+        topology: String,
+        /// Who fails: uniform, binomial (20 trials, p = 0.8) or poisson (mean N/2).
+        #[arg(long, default_value = "uniform")]
+        distribution: FailureDistribution,
+        /// Failures per second (0 for none).
+        #[arg(long, default_value_t = 1.0)]
+        failures_per_sec: f64,
+        /// Virtual seconds measured, after every receiver plays.
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+        /// Output directory (must not hold a results.csv yet).
+        #[arg(long)]
+        out: PathBuf,
+        /// Seeds everything random (recorded per run).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Receivers' startup buffer (ms).
+        #[arg(long, default_value_t = 2000)]
+        startup_ms: u64,
+        /// Run every topology x distribution x rate and draw the paper's figures.
+        #[arg(long)]
+        sweep: bool,
+        /// Sweep: failure rates.
+        #[arg(long, value_delimiter = ',', default_value = "0,1,2,3,4,5")]
+        rates: Vec<f64>,
+        /// Sweep: topologies.
+        #[arg(long, value_delimiter = ',', default_value = "list,tree,mesh")]
+        topologies: Vec<String>,
+        /// Sweep: distributions.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "uniform,binomial,poisson"
+        )]
+        distributions: Vec<FailureDistribution>,
+        /// Simulated hosts: lan, office, home or a TOML profile file (no
+        /// root needed: nothing is shaped for real).
+        #[arg(long, value_name = "PROFILE")]
+        network: Option<String>,
+        /// Sweep: networks (profiles as for --network; `loopback` for none).
+        #[arg(long, value_delimiter = ',', value_name = "PROFILES")]
+        networks: Vec<String>,
+        /// No progress on stderr.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Redraws the report and figures from OUT/results.csv.
     Plot {
@@ -335,6 +392,91 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             let figures = sweep::run(&bins, &out, &runs, keep_runs, &mut stop).await?;
             eprintln!(
                 "wrote {}/results.csv, failures.csv, {}report.txt{}",
+                out.display(),
+                if out.join("hosts.csv").exists() {
+                    "hosts.csv, "
+                } else {
+                    ""
+                },
+                if figures.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and {} figures", figures.len())
+                }
+            );
+            Ok(true)
+        }
+        Command::Simulate {
+            receivers,
+            topology,
+            distribution,
+            failures_per_sec,
+            duration,
+            out,
+            seed,
+            startup_ms,
+            sweep: is_sweep,
+            rates,
+            topologies,
+            distributions,
+            network: network_arg,
+            networks: networks_arg,
+            quiet,
+        } => {
+            if receivers == 0 {
+                bail!("--receivers must be at least 1");
+            }
+            if !(0.0..=100_000.0).contains(&failures_per_sec)
+                || rates.iter().any(|r| !(0.0..=100_000.0).contains(r))
+            {
+                bail!("failure rates must be between 0 and 100000 per second");
+            }
+            for t in &topologies {
+                if !["list", "tree", "mesh"].contains(&t.as_str()) {
+                    bail!("unknown topology {t:?} (expected list, tree or mesh)");
+                }
+            }
+            if !networks_arg.is_empty() && !is_sweep {
+                bail!("--networks is a sweep dimension: add --sweep (or use --network)");
+            }
+            if !networks_arg.is_empty() && network_arg.is_some() {
+                bail!("give --network or --networks, not both");
+            }
+            let profile = |arg: Option<&str>| -> anyhow::Result<Option<Profile>> {
+                arg.filter(|a| *a != "loopback")
+                    .map(Profile::load)
+                    .transpose()
+            };
+            let networks = if networks_arg.is_empty() {
+                vec![profile(network_arg.as_deref())?]
+            } else {
+                networks_arg
+                    .iter()
+                    .map(|n| profile(Some(n)))
+                    .collect::<anyhow::Result<Vec<_>>>()?
+            };
+            let base = Experiment {
+                receivers,
+                topology,
+                distribution,
+                rate: failures_per_sec,
+                duration: Duration::from_secs(duration),
+                seed,
+                threshold: 1.0,
+                integrity: miostream_lab::simulate::SIMULATED.into(),
+                input: default_input(),
+                startup_ms,
+                network: networks[0].clone(),
+            };
+            let runs = if is_sweep {
+                // Verification is not simulated: no threshold runs.
+                sweep::plan(&base, &networks, &topologies, &distributions, &rates, &[])
+            } else {
+                vec![base]
+            };
+            let figures = miostream_lab::simulate::run(&out, &runs, quiet)?;
+            eprintln!(
+                "wrote {}/results.csv, {}report.txt{}",
                 out.display(),
                 if out.join("hosts.csv").exists() {
                     "hosts.csv, "
