@@ -74,6 +74,25 @@ async fn link(a: &mut TransportHandle, a_id: PeerId, b: &mut TransportHandle, b_
     assert!(matches!(next(b).await, TransportEvent::Up(p) if p == a_id));
 }
 
+/// `a` sends `frame` to `b`, and it is the next thing `b` reports.
+async fn sends(
+    a: &TransportHandle,
+    a_id: PeerId,
+    b: &mut TransportHandle,
+    b_id: PeerId,
+    frame: Bytes,
+) {
+    let send = TransportCommand::Send {
+        peer: b_id,
+        frame: frame.clone(),
+    };
+    command(a, send).await;
+    match next(b).await {
+        TransportEvent::Frame(from, f) => assert_eq!((from, f), (a_id, frame)),
+        other => panic!("expected the frame, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_whose_offer_was_refused_is_reported_down_and_opens_when_offered_again() {
     let (a_id, b_id) = (PeerId::random(), PeerId::random());
@@ -89,19 +108,7 @@ async fn a_link_whose_offer_was_refused_is_reported_down_and_opens_when_offered_
     // The node asks again; this time the signaling goes through.
     command(&a, open()).await;
     link(&mut a, a_id, &mut b, b_id).await;
-    let frame = Bytes::from_static(b"hello");
-    command(
-        &a,
-        TransportCommand::Send {
-            peer: b_id,
-            frame: frame.clone(),
-        },
-    )
-    .await;
-    match next(&mut b).await {
-        TransportEvent::Frame(from, f) => assert_eq!((from, f), (a_id, frame)),
-        other => panic!("expected the frame, got {other:?}"),
-    }
+    sends(&a, a_id, &mut b, b_id, Bytes::from_static(b"hello")).await;
     // Closing reports the link down exactly once, at once.
     command(&a, TransportCommand::Close { peer: b_id }).await;
     assert!(matches!(next(&mut a).await, TransportEvent::Down(p) if p == b_id));
@@ -137,19 +144,7 @@ async fn a_link_replaced_by_a_new_offer_never_reports_for_its_successor() {
     // Frames flow on the new link; nothing from the old one (its close, or
     // frames) reaches b, which hears of a only through the new link.
     for i in 0..20u8 {
-        let frame = Bytes::from(vec![i; 100]);
-        command(
-            &a,
-            TransportCommand::Send {
-                peer: b_id,
-                frame: frame.clone(),
-            },
-        )
-        .await;
-        match next(&mut b).await {
-            TransportEvent::Frame(from, f) => assert_eq!((from, f), (a_id, frame)),
-            other => panic!("expected frame {i} on the new link, got {other:?}"),
-        }
+        sends(&a, a_id, &mut b, b_id, Bytes::from(vec![i; 100])).await;
     }
     command(&b, TransportCommand::Close { peer: a_id }).await;
     assert!(matches!(next(&mut b).await, TransportEvent::Down(p) if p == a_id));
