@@ -7,7 +7,8 @@ use bytes::Bytes;
 use miostream_protocol::frame::MAX_GAP_COUNT;
 use miostream_protocol::signal::Links;
 use miostream_protocol::{
-    ChunkFlags, ChunkKind, Frame, FrameRef, PeerId, StreamId, SubscribeFlags, TopologyKind,
+    ChunkFlags, ChunkHeader, ChunkKind, Frame, FrameRef, PeerId, StreamId, SubscribeFlags,
+    TopologyKind,
 };
 
 use crate::store::ChunkStore;
@@ -73,6 +74,8 @@ pub struct RelayStats {
     pub local_stalls: u64,
     /// Replays (backlogs, gap fills) cut short by a link's replay budget.
     pub replays_throttled: u64,
+    /// Requests for what follows our newest chunk when nothing did.
+    pub tail_probes: u64,
 }
 
 /// One live link, and what we learn from what it sends.
@@ -154,6 +157,21 @@ impl Link {
     }
 }
 
+/// The newest media chunk we hold, to notice a lost *last* chunk: no later
+/// chunk arrives to reveal that hole until the next burst, up to a cluster
+/// (a second) later.
+#[derive(Debug, Clone, Copy)]
+struct Tail {
+    seq: u64,
+    at: Instant,
+    /// It ends its cluster: nothing is missing after it.
+    ended: bool,
+    probed: bool,
+}
+
+/// Chunks a tail probe asks for.
+const TAIL_PROBE: u32 = 16;
+
 #[derive(Debug)]
 struct Hole {
     since: Instant,
@@ -184,6 +202,9 @@ pub struct Relay<V> {
     next_deliver: Option<u64>,
     init_delivered: Option<u64>,
     hole: Option<Hole>,
+    tail: Option<Tail>,
+    /// Smoothed gap between consecutive chunks of a cluster (µs).
+    chunk_gap_us: f64,
     heartbeat_counter: u64,
     next_heartbeat: Instant,
     /// The depth our last heartbeats carried.
@@ -272,6 +293,8 @@ impl<V: Verify> Relay<V> {
             next_deliver: None,
             init_delivered: None,
             hole: None,
+            tail: None,
+            chunk_gap_us: 0.0,
             heartbeat_counter: 0,
             out: VecDeque::new(),
             stats: RelayStats::default(),
@@ -492,6 +515,7 @@ impl<V: Verify> Relay<V> {
                 self.stats.chunks_received += 1;
                 self.stats.bytes_received += chunk.payload.len() as u64;
                 self.store.insert(header, frame.clone());
+                self.advance_tail(&header, now);
                 self.forward(Some(from), &frame, now);
                 self.deliver(now);
                 self.store
@@ -590,6 +614,7 @@ impl<V: Verify> Relay<V> {
             self.next_heartbeat = now + self.config.heartbeat_interval;
         }
         self.repair_hole(now);
+        self.probe_tail(now);
         self.ask_for_init(now);
         self.renew_silent_upstreams(now);
     }
@@ -681,7 +706,84 @@ impl<V: Verify> Relay<V> {
             let ask = h.last_ask.unwrap_or(h.since) + self.config.gap_timeout;
             t = t.min(ask).min(h.since + self.config.max_hole_wait);
         }
+        if let Some(due) = self.tail_probe_due() {
+            t = t.min(due);
+        }
         t
+    }
+
+    /// When to ask whether the chunks after our newest one were lost: a
+    /// gap timeout plus the usual spacing of a cluster's chunks after it
+    /// arrived, unless it ends its cluster or was probed already.
+    fn tail_probe_due(&self) -> Option<Instant> {
+        let tail = self
+            .tail
+            .filter(|t| !t.ended && !t.probed && !self.source)?;
+        let spacing = std::time::Duration::from_micros(self.chunk_gap_us as u64);
+        Some(tail.at + self.config.gap_timeout + spacing)
+    }
+
+    /// A new media chunk arrived: the tail moves on, and the spacing within
+    /// a cluster is learnt.
+    fn advance_tail(&mut self, header: &ChunkHeader, now: Instant) {
+        if header.kind != ChunkKind::Media || self.tail.is_some_and(|t| header.seq <= t.seq) {
+            return;
+        }
+        if let Some(t) = self.tail.filter(|t| !t.ended && header.seq == t.seq + 1) {
+            let gap = now.saturating_duration_since(t.at).as_micros() as f64;
+            self.chunk_gap_us += (gap - self.chunk_gap_us) / 8.0;
+        }
+        self.tail = Some(Tail {
+            seq: header.seq,
+            at: now,
+            ended: header.flags.contains(ChunkFlags::CLUSTER_END),
+            probed: false,
+        });
+    }
+
+    /// The newest chunk does not end its cluster and nothing followed it
+    /// for a while: ask a linked peer that holds the stream for what comes
+    /// after it — one that does not feed us first, else an upstream (a lost
+    /// last chunk; a peer with nothing newer sends nothing).
+    fn probe_tail(&mut self, now: Instant) {
+        if self.tail_probe_due().is_none_or(|due| now < due) {
+            return;
+        }
+        let Some(tail) = self.tail.as_mut() else {
+            return;
+        };
+        tail.probed = true;
+        let first = tail.seq + 1;
+        let live = |p: &PeerId| {
+            !self.subscribers.contains(p)
+                && !self.distrusted.contains(p)
+                && self.up.get(p).is_some_and(|l| !l.silent)
+        };
+        let feeders = || {
+            self.links
+                .parents
+                .iter()
+                .chain(&self.links.backup_parents)
+                .chain(&self.links.neighbours)
+                .copied()
+        };
+        let target = feeders()
+            .find(|p| live(p) && !self.upstreams.contains(p))
+            .or_else(|| self.upstreams.iter().copied().find(|p| live(p)));
+        if let Some(peer) = target {
+            self.stats.tail_probes += 1;
+            let frame = Frame::GapRequest {
+                stream: self.stream,
+                first,
+                count: TAIL_PROBE,
+            }
+            .encode()
+            .unwrap_or_default();
+            self.out.push_back(Output::Send {
+                to: peer,
+                frame: Bytes::from(frame),
+            });
+        }
     }
 
     /// The next thing for the driver to do.
@@ -1167,7 +1269,16 @@ impl<V: Verify> Relay<V> {
             .collect();
         others.sort();
         order.extend(others);
-        let target = order.into_iter().find(|p| !asked.contains(p));
+        // Everyone was asked: start over at once (the answer or the request
+        // itself was lost on the way; with one feeder, asking it again is
+        // all there is to do).
+        let fresh = order.iter().find(|p| !asked.contains(p)).copied();
+        let target = fresh.or_else(|| order.first().copied());
+        if fresh.is_none() {
+            if let Some(hole) = self.hole.as_mut() {
+                hole.asked.clear();
+            }
+        }
         let count = (first_held - next).min(u64::from(MAX_GAP_COUNT)) as u32;
         if let (Some(peer), Some(hole)) = (target, self.hole.as_mut()) {
             hole.asked.push(peer);
@@ -1185,9 +1296,7 @@ impl<V: Verify> Relay<V> {
                 frame: Bytes::from(frame),
             });
         } else if let Some(hole) = self.hole.as_mut() {
-            // Everyone was asked: start over.
-            hole.asked.clear();
-            hole.last_ask = Some(now);
+            hole.last_ask = Some(now); // nobody to ask
         }
     }
 }

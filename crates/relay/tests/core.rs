@@ -341,6 +341,93 @@ fn a_gap_flood_gets_the_replay_budget_and_no_more() {
     assert_eq!(bytes_sent_to(&rig.from(flooder, gap), flooder), held);
 }
 
+fn gap_requests(out: &[Output]) -> Vec<(PeerId, u64, u32)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send { to, frame } => match FrameRef::decode(frame) {
+                Ok(FrameRef::GapRequest { first, count, .. }) => Some((*to, first, count)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_lost_last_chunk_is_asked_for_before_the_next_burst_reveals_it() {
+    // A cluster's chunks come in a burst, 10 ms apart; the burst's last
+    // chunk (no CLUSTER_END) is lost, and nothing follows for a second.
+    let mut rig = Rig::new(1, RelayConfig::default());
+    let (a, b) = (rig.parent, rig.backups[0]);
+    rig.from(a, init(0));
+    for seq in 1..=5 {
+        rig.from(a, media(seq));
+        rig.from(b, heartbeat(1));
+        rig.advance(Duration::from_millis(10));
+    }
+    let last = rig.now - Duration::from_millis(10);
+    // The backup (not the upstream, whose copy is most likely in flight) is
+    // asked once for what follows chunk 5, a gap timeout and a chunk
+    // spacing after it arrived.
+    let mut asked = Vec::new();
+    for _ in 0..100 {
+        let mut out = rig.from(b, heartbeat(1));
+        out.extend(rig.from(a, heartbeat(1)));
+        out.extend(rig.advance(Duration::from_millis(5)));
+        asked.extend(gap_requests(&out).into_iter().map(|r| (rig.now, r)));
+    }
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    let (when, (to, first, _)) = asked[0];
+    assert_eq!((to, first), (b, 6));
+    let gap = RelayConfig::default().gap_timeout;
+    assert!(
+        when >= last + gap && when <= last + gap + Duration::from_millis(30),
+        "{:?}",
+        when - last
+    );
+    assert_eq!(rig.relay.stats().tail_probes, 1);
+    // A burst that ends its cluster leaves nothing to ask for.
+    for seq in 6..=10 {
+        rig.from(a, media(seq));
+    }
+    assert!(gap_requests(&rig.advance(Duration::from_millis(500))).is_empty());
+}
+
+#[test]
+fn a_hole_with_one_feeder_is_asked_of_it_every_gap_timeout() {
+    // Chunk 3 is lost on the only link and its answer too: the request goes
+    // again a gap timeout later, not after an idle round.
+    let mut rig = Rig::new(0, RelayConfig::default());
+    let a = rig.parent;
+    rig.from(a, init(0));
+    for seq in [1, 2, 4, 5] {
+        rig.from(a, media(seq));
+    }
+    let start = rig.now;
+    let mut asked = Vec::new();
+    for _ in 0..40 {
+        let mut out = rig.from(a, heartbeat(1));
+        out.extend(rig.advance(Duration::from_millis(10)));
+        asked.extend(
+            gap_requests(&out)
+                .into_iter()
+                .map(|(to, first, _)| (to, first, rig.now - start)),
+        );
+    }
+    // (The tail probe asks for what follows chunk 5 as well.)
+    asked.retain(|(_, first, _)| *first == 3);
+    let gap = RelayConfig::default().gap_timeout;
+    assert!(asked.len() >= 2, "{asked:?}");
+    for (i, (to, first, when)) in asked.iter().take(2).enumerate() {
+        assert_eq!((*to, *first), (a, 3));
+        let due = gap * (i as u32 + 1);
+        assert!(
+            *when >= due && *when <= due + Duration::from_millis(20),
+            "{asked:?}"
+        );
+    }
+}
+
 #[test]
 fn garbage_closes_the_link_after_a_small_allowance_and_is_never_reported() {
     let mut rig = Rig::new(1, hot());
