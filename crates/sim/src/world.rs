@@ -138,18 +138,16 @@ enum Ev {
     Tick,
 }
 
+/// A queued event's place in the queue: (time since the start in ns,
+/// insertion order), and where the event waits in the slab. Small, so the
+/// heap moves little.
+#[derive(PartialEq, Eq)]
 struct Entry {
-    at: Instant,
+    at_ns: u64,
     seq: u64,
-    ev: Ev,
+    slot: u32,
 }
 
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Entry {}
 impl PartialOrd for Entry {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
@@ -158,7 +156,7 @@ impl PartialOrd for Entry {
 impl Ord for Entry {
     fn cmp(&self, other: &Self) -> Ordering {
         // Reversed: BinaryHeap is a max-heap, we want the earliest first.
-        (other.at, other.seq).cmp(&(self.at, self.seq))
+        (other.at_ns, other.seq).cmp(&(self.at_ns, self.seq))
     }
 }
 
@@ -223,6 +221,9 @@ struct World<'a> {
     t0: Instant,
     now: Instant,
     queue: BinaryHeap<Entry>,
+    /// The queued events, by `Entry::slot`; free places are reused.
+    slab: Vec<Option<Ev>>,
+    free: Vec<u32>,
     seq: u64,
     manager: Manager,
     hosts: Vec<Host>,
@@ -275,6 +276,8 @@ pub fn run(config: &SimConfig, progress: &mut dyn FnMut(Progress)) -> Result<Sim
         t0,
         now: t0,
         queue: BinaryHeap::new(),
+        slab: Vec::new(),
+        free: Vec::new(),
         seq: 0,
         manager: Manager::new(config.manager.clone()),
         hosts,
@@ -314,16 +317,37 @@ pub fn run(config: &SimConfig, progress: &mut dyn FnMut(Progress)) -> Result<Sim
 impl World<'_> {
     fn push(&mut self, at: Instant, ev: Ev) {
         self.seq += 1;
+        let at_ns = at.max(self.now).duration_since(self.t0).as_nanos() as u64;
+        let slot = match self.free.pop() {
+            Some(i) => {
+                self.slab[i as usize] = Some(ev);
+                i
+            }
+            None => {
+                self.slab.push(Some(ev));
+                (self.slab.len() - 1) as u32
+            }
+        };
         self.queue.push(Entry {
-            at: at.max(self.now),
+            at_ns,
             seq: self.seq,
-            ev,
+            slot,
         });
+    }
+
+    fn pop(&mut self) -> Option<(Instant, Ev)> {
+        loop {
+            let e = self.queue.pop()?;
+            self.free.push(e.slot);
+            if let Some(ev) = self.slab[e.slot as usize].take() {
+                return Some((self.t0 + Duration::from_nanos(e.at_ns), ev));
+            }
+        }
     }
 
     fn run(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<(), SimError> {
         let mut next_report = self.t0;
-        while let Some(Entry { at, ev, .. }) = self.queue.pop() {
+        while let Some((at, ev)) = self.pop() {
             if let Some((_, end)) = self.window {
                 if at > end {
                     break;
@@ -583,7 +607,11 @@ impl World<'_> {
                 *to = nobody();
             }
         }
-        let bytes = serde_json::to_vec(&msg).map_or(256, |v| v.len()) + MESSAGE_OVERHEAD;
+        let bytes = match &msg {
+            // Its JSON is the padding and a few dozen bytes around it.
+            PeerMessage::CapacityProbe { padding, .. } => padding.len() + 48,
+            m => serde_json::to_vec(m).map_or(256, |v| v.len()),
+        } + MESSAGE_OVERHEAD;
         let Some(n) = self.nodes.get(ix).and_then(Option::as_ref) else {
             return;
         };
