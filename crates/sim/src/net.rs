@@ -3,6 +3,7 @@
 //! and CPU stalls. Pure arithmetic over virtual time; the randomness comes
 //! in as an argument.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, RngExt as _};
@@ -69,9 +70,7 @@ impl HostParams {
 pub(crate) struct Host {
     pub(crate) p: HostParams,
     up_free: Instant,
-    down_free: Instant,
-    /// When the latest message queued on the downlink reached the host.
-    down_last_edge: Instant,
+    down: Calendar,
     busy_until: Instant,
     next_stall: Option<Instant>,
     /// Wire bytes sent and received (messages plus overhead).
@@ -96,8 +95,7 @@ impl Host {
         Self {
             p,
             up_free: start,
-            down_free: start,
-            down_last_edge: start,
+            down: Calendar::new(start),
             busy_until: start,
             next_stall,
             tx: 0,
@@ -124,6 +122,59 @@ impl Host {
     }
 }
 
+/// A link's busy stretches ahead: disjoint, merged when they touch.
+#[derive(Debug)]
+pub(crate) struct Calendar {
+    t0: Instant,
+    /// Start → end (ns since `t0`).
+    busy: BTreeMap<u64, u64>,
+}
+
+impl Calendar {
+    fn new(t0: Instant) -> Self {
+        Self {
+            t0,
+            busy: BTreeMap::new(),
+        }
+    }
+
+    /// Books `len` from the first idle moment at or after `from`; returns
+    /// when it ends. Stretches over by `now` are forgotten.
+    fn reserve(&mut self, from: Instant, len: Duration, now: Instant) -> Instant {
+        let ns = |t: Instant| t.saturating_duration_since(self.t0).as_nanos() as u64;
+        let (now, len) = (ns(now), len.as_nanos() as u64);
+        while let Some((&s, &e)) = self.busy.first_key_value() {
+            if e > now {
+                break;
+            }
+            self.busy.remove(&s);
+        }
+        let mut t = ns(from);
+        if let Some((_, &e)) = self.busy.range(..=t).next_back() {
+            t = t.max(e);
+        }
+        for (&s, &e) in self.busy.range(t..) {
+            if s >= t + len {
+                break;
+            }
+            t = t.max(e);
+        }
+        let (mut start, mut end) = (t, t + len);
+        if let Some((&s, &e)) = self.busy.range(..=start).next_back() {
+            if e >= start {
+                start = s;
+                end = end.max(e);
+            }
+        }
+        if let Some(&e) = self.busy.get(&end) {
+            self.busy.remove(&end);
+            end = e;
+        }
+        self.busy.insert(start, end);
+        self.t0 + Duration::from_nanos(t + len)
+    }
+}
+
 /// Sends `bytes` (overhead included) from `from` to `to` at `now`: the
 /// sender's uplink serialises it after what it queued before, it travels
 /// both hosts' latency (plus jitter), then the receiver's downlink
@@ -147,17 +198,13 @@ pub(crate) fn transmit<R: Rng + ?Sized>(
             prop += Duration::from_nanos(rng.random_range(0..=j.as_nanos() as u64));
         }
     }
-    // The downlink is reserved when the message is sent, so it is a queue
-    // in send order. A message that reaches the host before one reserved
-    // earlier (a slow sender's) does not wait behind it.
-    let edge = sent + prop;
-    let mut arrive = edge;
-    if edge >= to.down_last_edge {
-        arrive = arrive.max(to.down_free);
-        to.down_last_edge = edge;
-    }
-    arrive += serialise(bytes, to.p.downlink_bps);
-    to.down_free = to.down_free.max(arrive);
+    // The downlink is reserved when the message is sent: the message takes
+    // the first idle stretch long enough for it from when it reaches the
+    // host, so one reserved earlier but reaching the host later (a slow
+    // sender's) does not hold it up, and no stretch carries two messages.
+    let mut arrive = to
+        .down
+        .reserve(sent + prop, serialise(bytes, to.p.downlink_bps), now);
     to.rx += bytes as u64;
     if lossy && to.p.loss > 0.0 {
         let packets = bytes.div_ceil(PACKET_BYTES);
@@ -207,6 +254,22 @@ mod tests {
         assert!(first - t0 >= Duration::from_secs(1) && first - t0 < Duration::from_millis(1010));
         assert!(second - t0 >= Duration::from_secs(2));
         assert_eq!(a.tx, 250_000);
+    }
+
+    #[test]
+    fn a_downlink_carries_one_message_at_a_time_in_arrival_order() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut c = Calendar::new(t0);
+        // Booked first, arriving later.
+        assert_eq!(c.reserve(t0 + ms(100), ms(10), t0), t0 + ms(110));
+        // Arriving earlier: goes first, before the later one.
+        assert_eq!(c.reserve(t0, ms(10), t0), t0 + ms(10));
+        // Too long for the gap before 100 ms: after the later one.
+        assert_eq!(c.reserve(t0 + ms(5), ms(95), t0), t0 + ms(205));
+        // Fits the gap exactly.
+        assert_eq!(c.reserve(t0 + ms(10), ms(90), t0), t0 + ms(100));
+        assert_eq!(c.reserve(t0, ms(1), t0), t0 + ms(206));
     }
 
     #[test]
