@@ -251,6 +251,10 @@ pub struct SimOutcome {
     pub links_up: u64,
     /// Frames dropped at a full send buffer.
     pub frames_dropped: u64,
+    /// Times a node's timer was still due right after it ran (`poll_timeout`
+    /// at or before the instant `handle_timeout` was just called with): a
+    /// real driver would spin on it; here it is retried 1 µs later.
+    pub timer_spins: u64,
 }
 
 /// Progress of a run, reported about once per virtual second.

@@ -571,6 +571,7 @@ impl World<'_> {
         }
         let now = self.now;
         let seq = self.seq + 1;
+        let mut spun = false;
         let Some(n) = self.node(ix) else { return };
         match n.core.poll_timeout() {
             Some(t) if n.timer.map(|(at, _)| at) != Some(t) || t <= now => {
@@ -579,11 +580,20 @@ impl World<'_> {
                 let at = if t > now {
                     t
                 } else if n.fired_at == Some(now) {
-                    // The relay's liveness check is strict (`silence >
-                    // timeout`) while its poll_timeout names the boundary
-                    // itself: a driver that is exactly on time, as only a
-                    // simulator is, must come back a moment later.
-                    now + Duration::from_micros(1)
+                    // Due again right after it ran. Either exactly at the
+                    // boundary (the relay's liveness check is strict,
+                    // `silence > timeout`, while its poll_timeout names the
+                    // boundary itself: only a simulator is exactly on time)
+                    // and a moment later settles it; or a deadline the core
+                    // does not move (see `SimOutcome::timer_spins`), which a
+                    // real driver would spin on: retried at a tokio timer's
+                    // 1 ms resolution.
+                    spun = true;
+                    if t == now {
+                        now + Duration::from_micros(1)
+                    } else {
+                        now + Duration::from_millis(1)
+                    }
                 } else {
                     now
                 };
@@ -592,6 +602,9 @@ impl World<'_> {
             }
             Some(_) => {}
             None => n.timer = None,
+        }
+        if spun {
+            self.out.timer_spins += 1;
         }
     }
 
