@@ -283,12 +283,14 @@ pub fn run(out: &Path, runs: &[Experiment], quiet: bool) -> anyhow::Result<Vec<P
             let changes: u64 = outcome.receivers.iter().map(|r| r.parent_changes).sum();
             let virt = outcome.warmup + e.duration;
             eprintln!(
-                "  {} failures injected; per peer: {:.0} ms stalled, {:.1} parent changes; warm-up {:.1} s; {} events; {:.2} s wall ({:.0} virtual s per wall s)",
+                "  {} failures injected; per peer: {:.0} ms stalled, {:.1} parent changes; warm-up {:.1} s; {} events, {} timer spins, {} frames dropped at full send buffers; {:.2} s wall ({:.0} virtual s per wall s)",
                 outcome.failures,
                 stall_ms as f64 / n,
                 changes as f64 / n,
                 outcome.warmup.as_secs_f64(),
                 outcome.events,
+                outcome.timer_spins,
+                outcome.frames_dropped,
                 wall.as_secs_f64(),
                 virt.as_secs_f64() / wall.as_secs_f64().max(1e-9)
             );
