@@ -98,6 +98,11 @@ fn run(node: &mut NodeCore, from: Instant, to: Instant) -> Vec<(Instant, NodeOut
     while now <= to {
         if node.poll_timeout().is_some_and(|t| t <= now) {
             node.handle_timeout(now);
+            // A timer the core does not move would make a driver spin.
+            assert!(
+                node.poll_timeout().is_none_or(|t| t > now),
+                "timer still due"
+            );
         }
         out.extend(drain(node).into_iter().map(|o| (now, o)));
         now += Duration::from_millis(10);

@@ -577,9 +577,11 @@ impl<V: Verify> Relay<V> {
             let mut dead = Vec::new();
             for (p, l) in self.up.iter_mut() {
                 let silence = now.saturating_duration_since(l.last_heard);
-                if silence > self.config.link_close_after {
+                // At the deadline poll_timeout named, not after it: else a
+                // driver on time would be woken again and again.
+                if silence >= self.config.link_close_after {
                     dead.push(*p);
-                } else if !l.silent && silence > l.timeout(&self.config) {
+                } else if !l.silent && silence >= l.timeout(&self.config) {
                     l.silent = true;
                     fell_silent = true;
                     self.stats.silent_links += 1;
@@ -704,7 +706,15 @@ impl<V: Verify> Relay<V> {
         }
         if let Some(h) = &self.hole {
             let ask = h.last_ask.unwrap_or(h.since) + self.config.gap_timeout;
-            t = t.min(ask).min(h.since + self.config.max_hole_wait);
+            t = t.min(ask);
+            // Past it, the hole is skipped as soon as a keyframe cluster
+            // follows it; until one arrives (its frame wakes us) there is
+            // nothing to wait for — a deadline in the past would make the
+            // driver spin.
+            let give_up = h.since + self.config.max_hole_wait;
+            if give_up > self.last_tick {
+                t = t.min(give_up);
+            }
         }
         if let Some(due) = self.tail_probe_due() {
             t = t.min(due);
@@ -1229,8 +1239,9 @@ impl<V: Verify> Relay<V> {
                 self.next_deliver = Some(resume);
                 self.hole = None;
                 self.deliver(now);
+                return;
             }
-            return;
+            // No keyframe to resume at yet: go on asking meanwhile.
         }
         let due = hole.last_ask.unwrap_or(since) + self.config.gap_timeout;
         if now < due {
