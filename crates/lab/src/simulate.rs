@@ -65,7 +65,7 @@ fn unshaped() -> HostClass {
 }
 
 /// The simulator's settings for one experiment.
-pub fn config(e: &Experiment) -> anyhow::Result<SimConfig> {
+pub fn config(e: &Experiment, probe: bool) -> anyhow::Result<SimConfig> {
     let topology: TopologyKind = e
         .topology
         .parse()
@@ -75,6 +75,7 @@ pub fn config(e: &Experiment) -> anyhow::Result<SimConfig> {
     c.failures_per_sec = e.rate;
     c.duration = e.duration;
     c.startup = Duration::from_millis(e.startup_ms);
+    c.probe = probe;
     let loopback = unshaped();
     let (sup, bc, slots): (HostClass, HostClass, Vec<HostClass>) = match &e.network {
         Some(p) => (
@@ -205,7 +206,14 @@ pub fn peak_rss_kb() -> Option<u64> {
 /// Simulates `runs` into `out` (which must not hold a `results.csv` yet):
 /// the experiment's files, per-run tables on stdout, progress on stderr
 /// (unless `quiet`), then the report and figures. Returns the figures.
-pub fn run(out: &Path, runs: &[Experiment], quiet: bool) -> anyhow::Result<Vec<PathBuf>> {
+/// `probe`: receivers measure their uplinks through the supervisor (see
+/// [`SimConfig::probe`]).
+pub fn run(
+    out: &Path,
+    runs: &[Experiment],
+    probe: bool,
+    quiet: bool,
+) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let results = out.join("results.csv");
     if results.exists() {
@@ -232,7 +240,7 @@ pub fn run(out: &Path, runs: &[Experiment], quiet: bool) -> anyhow::Result<Vec<P
                 e.seed
             );
         }
-        let config = config(e)?;
+        let config = config(e, probe)?;
         let wall = Instant::now();
         let mut progress = |p: miostream_sim::Progress| {
             let secs = p.virtual_time.as_secs();

@@ -125,6 +125,12 @@ pub struct SimConfig {
     pub relay: RelayConfig,
     /// Manager settings (the supervisor's defaults).
     pub manager: ManagerConfig,
+    /// Receivers measure their uplink through the supervisor before they
+    /// join (`CAPACITY_PROBE`, 192 KiB each), as the daemons do. Off: they
+    /// report their host's uplink as if measured. At 100,000 peers joining
+    /// within seconds the probes alone are 19.7 GB through the
+    /// supervisor's link (157 s at 1 Gbit/s).
+    pub probe: bool,
     /// Fault injection for tests: the first this many offers are addressed
     /// to a peer that is nobody's neighbour, so the Manager refuses them.
     pub misroute_offers: u32,
@@ -161,6 +167,7 @@ impl SimConfig {
                 bad_chunk_limit: 3,
                 placement,
             },
+            probe: true,
             misroute_offers: 0,
             kill_relay_at: None,
         }

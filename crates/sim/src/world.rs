@@ -14,7 +14,7 @@ use miostream_media::PlaybackModel;
 use miostream_node::{
     Announcement, NodeCore, NodeCoreConfig, NodeEvent, NodeOutput, TransportCommand, TransportEvent,
 };
-use miostream_protocol::signal::{ErrorCode, SignalPayload};
+use miostream_protocol::signal::{Capacity, ErrorCode, SignalPayload};
 use miostream_protocol::{
     Chunk, ChunkFlags, ChunkHeader, ChunkKind, ComponentType, IntegrityMode, PeerId, PeerMessage,
     StreamId, SupervisorMessage,
@@ -415,7 +415,12 @@ impl World<'_> {
             announce,
             relay: self.cfg.relay.clone(),
             verifier: Box::new(|_| Box::new(AcceptAll)),
-            capacity: None,
+            // Known uplinks: reported as measured, without the probe.
+            capacity: (slot.is_some() && !self.cfg.probe).then(|| Capacity {
+                upload_kbps: (self.hosts[host].p.uplink_bps.unwrap_or(crate::UNSHAPED_BPS) / 1000)
+                    .min(u64::from(u32::MAX)) as u32,
+                rtt_ms: 0,
+            }),
         });
         let viewer = slot.map(|_| Viewer {
             playback: PlaybackModel::new(self.cfg.startup, self.cfg.startup / 2),
