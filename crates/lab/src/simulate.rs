@@ -291,7 +291,7 @@ pub fn run(
             let changes: u64 = outcome.receivers.iter().map(|r| r.parent_changes).sum();
             let virt = outcome.warmup + e.duration;
             eprintln!(
-                "  {} failures injected; per peer: {:.0} ms stalled, {:.1} parent changes; warm-up {:.1} s; {} events, {} timer spins, {} frames dropped at full send buffers; {:.2} s wall ({:.0} virtual s per wall s)",
+                "  {} failures injected; per peer: {:.0} ms stalled, {:.1} parent changes; warm-up {:.1} s; {} events, {} timer spins, {} frames dropped at full send buffers; {:.2} s wall ({:.2} virtual s per wall s)",
                 outcome.failures,
                 stall_ms as f64 / n,
                 changes as f64 / n,
