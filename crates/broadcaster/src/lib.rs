@@ -217,6 +217,7 @@ pub async fn run(
             }),
             relay: RelayConfig::default(),
             verifier: Box::new(|_| Box::new(AcceptAll)),
+            capacity: None,
         },
         transport,
     );

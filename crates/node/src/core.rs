@@ -118,13 +118,19 @@ pub const PROBE_BYTES: usize = 48 * 1024;
 /// A probe unanswered this long: the uplink is slower than its bytes over
 /// this time, which is what we report.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// No probe slot granted this long (a crowd is measuring): join unmeasured,
+/// which the supervisor places as a relay, as it did before measurement.
+pub const PROBE_WAIT: Duration = Duration::from_secs(10);
 
-/// A receiver measures its uplink once, before its first join: the bytes
-/// of a few filler messages to the supervisor over the time until the
+/// A receiver measures its uplink once, before its first join: it asks the
+/// supervisor for a slot (`CAPACITY_PROBE_REQUEST`; only a few peers probe
+/// at once, so a crowd does not measure the supervisor's link), then sends
+/// a few filler messages and divides their bytes by the time until the
 /// supervisor says it has them all (`CAPACITY_PROBE`, `CAPACITY_PROBE_ACK`).
 #[derive(Debug, Clone, Copy)]
 enum Probe {
     NotStarted,
+    Waiting { since: Instant },
     Running { since: Instant },
     Done(Capacity),
 }
@@ -244,7 +250,13 @@ impl NodeCore {
                 };
                 self.out.push_back(NodeOutput::Supervisor(msg));
             }
-            None => self.join(now),
+            None => {
+                if let Probe::Waiting { .. } | Probe::Running { .. } = self.probe {
+                    // Cut off mid-probe: the new session measures afresh.
+                    self.probe = Probe::NotStarted;
+                }
+                self.join(now)
+            }
         }
     }
 
@@ -323,6 +335,19 @@ impl NodeCore {
                     self.rejoin_at = Some(now + REJOIN_DELAY);
                 }
             }
+            SupervisorMessage::CapacityProbeGrant {} => {
+                if let Probe::Waiting { .. } = self.probe {
+                    self.probe = Probe::Running { since: now };
+                    let padding = "0".repeat(PROBE_BYTES);
+                    for i in 0..PROBE_MESSAGES {
+                        let msg = PeerMessage::CapacityProbe {
+                            padding: padding.clone(),
+                            last: i + 1 == PROBE_MESSAGES,
+                        };
+                        self.out.push_back(NodeOutput::Supervisor(msg));
+                    }
+                }
+            }
             SupervisorMessage::CapacityProbeAck { bytes } => {
                 if let Probe::Running { since } = self.probe {
                     self.probed(
@@ -393,6 +418,7 @@ impl NodeCore {
             return None;
         }
         let probe = match self.probe {
+            Probe::Waiting { since } => Some(since + PROBE_WAIT),
             Probe::Running { since } => Some(since + PROBE_TIMEOUT),
             _ => None,
         };
@@ -437,11 +463,16 @@ impl NodeCore {
             self.rejoin_at = None;
             self.join(now);
         }
-        if let Probe::Running { since } = self.probe {
-            if since + PROBE_TIMEOUT <= now {
+        match self.probe {
+            Probe::Running { since } if since + PROBE_TIMEOUT <= now => {
                 let bytes = (PROBE_MESSAGES * PROBE_BYTES) as u64;
                 self.probed(upload_kbps(bytes, PROBE_TIMEOUT), now);
             }
+            Probe::Waiting { since } if since + PROBE_WAIT <= now => {
+                warn!("no capacity probe slot granted: joining unmeasured");
+                self.probed(0, now);
+            }
+            _ => {}
         }
         if let Some(r) = self.relay.as_mut() {
             if r.poll_timeout() <= now {
@@ -484,17 +515,11 @@ impl NodeCore {
                 };
                 self.out.push_back(NodeOutput::Supervisor(msg));
             }
-            Probe::Running { .. } => {} // joins when the answer comes
+            Probe::Waiting { .. } | Probe::Running { .. } => {} // joins when measured
             Probe::NotStarted => {
-                self.probe = Probe::Running { since: now };
-                let padding = "0".repeat(PROBE_BYTES);
-                for i in 0..PROBE_MESSAGES {
-                    let msg = PeerMessage::CapacityProbe {
-                        padding: padding.clone(),
-                        last: i + 1 == PROBE_MESSAGES,
-                    };
-                    self.out.push_back(NodeOutput::Supervisor(msg));
-                }
+                self.probe = Probe::Waiting { since: now };
+                let msg = PeerMessage::CapacityProbeRequest {};
+                self.out.push_back(NodeOutput::Supervisor(msg));
             }
         }
     }

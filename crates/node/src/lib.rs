@@ -15,7 +15,7 @@ mod player;
 
 pub use crate::core::{
     Announcement, NodeCore, NodeCoreConfig, NodeEvent, NodeOutput, StreamKeys, VerifierFactory,
-    END_GRACE, PROBE_BYTES, PROBE_MESSAGES, PROBE_TIMEOUT, REJOIN_DELAY, REOPEN_DELAY,
+    END_GRACE, PROBE_BYTES, PROBE_MESSAGES, PROBE_TIMEOUT, PROBE_WAIT, REJOIN_DELAY, REOPEN_DELAY,
 };
 pub use link::{TransportCommand, TransportEvent};
 pub use player::PlayerGate;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use miostream_node::{
     NodeCore, NodeCoreConfig, NodeEvent, NodeOutput, PlayerGate, TransportCommand, TransportEvent,
-    END_GRACE, PROBE_BYTES, PROBE_MESSAGES, PROBE_TIMEOUT, REJOIN_DELAY, REOPEN_DELAY,
+    END_GRACE, PROBE_BYTES, PROBE_MESSAGES, PROBE_TIMEOUT, PROBE_WAIT, REJOIN_DELAY, REOPEN_DELAY,
 };
 use miostream_protocol::signal::{Capacity, ErrorCode, Links, StreamInfo};
 use miostream_protocol::{
@@ -125,6 +125,16 @@ fn a_receiver_measures_its_uplink_before_it_joins() {
     let t0 = Instant::now();
     let mut node = receiver(PeerId::from_u128(2), None);
     node.connected(t0);
+    // It asks for a slot first, and sends the probe once granted.
+    let out = drain(&mut node);
+    assert!(
+        matches!(
+            out[..],
+            [NodeOutput::Supervisor(PeerMessage::CapacityProbeRequest {})]
+        ),
+        "{out:?}"
+    );
+    node.handle_supervisor(SupervisorMessage::CapacityProbeGrant {}, t0);
     let out = drain(&mut node);
     let probes = out
         .iter()
@@ -149,6 +159,7 @@ fn an_unanswered_probe_reports_the_slowest_uplink_it_could_be_and_joins() {
     let t0 = Instant::now();
     let mut node = receiver(PeerId::from_u128(2), None);
     node.connected(t0);
+    node.handle_supervisor(SupervisorMessage::CapacityProbeGrant {}, t0);
     drain(&mut node);
     assert_eq!(node.poll_timeout(), Some(t0 + PROBE_TIMEOUT));
     let out = run(&mut node, t0, t0 + PROBE_TIMEOUT);
@@ -166,6 +177,35 @@ fn an_unanswered_probe_reports_the_slowest_uplink_it_could_be_and_joins() {
         u64::from(join[0].1.upload_kbps),
         bytes * 8 / PROBE_TIMEOUT.as_millis() as u64
     );
+}
+
+#[test]
+fn a_probe_slot_never_granted_joins_unmeasured_and_a_new_session_asks_again() {
+    let t0 = Instant::now();
+    let mut node = receiver(PeerId::from_u128(2), None);
+    node.connected(t0);
+    drain(&mut node);
+    assert_eq!(node.poll_timeout(), Some(t0 + PROBE_WAIT));
+    // The session drops while waiting: the next one asks again.
+    let t1 = t0 + Duration::from_secs(1);
+    node.connected(t1);
+    let out = drain(&mut node);
+    assert!(matches!(
+        out[..],
+        [NodeOutput::Supervisor(PeerMessage::CapacityProbeRequest {})]
+    ));
+    let out = run(&mut node, t1, t1 + PROBE_WAIT);
+    let join: Vec<_> = out
+        .into_iter()
+        .filter_map(|(t, o)| match o {
+            NodeOutput::Supervisor(PeerMessage::JoinStream { capacity, .. }) => Some((t, capacity)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(join, [(t1 + PROBE_WAIT, Capacity::default())]);
+    // A late grant changes nothing.
+    node.handle_supervisor(SupervisorMessage::CapacityProbeGrant {}, t1 + PROBE_WAIT);
+    assert!(drain(&mut node).is_empty());
 }
 
 #[test]

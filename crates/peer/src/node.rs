@@ -10,6 +10,7 @@
 
 use bytes::Bytes;
 use miostream_node::{NodeCore, NodeCoreConfig, NodeOutput, PlayerGate};
+use miostream_protocol::signal::Capacity;
 use miostream_protocol::PeerMessage;
 use miostream_relay::{RelayConfig, RelayStats};
 use tokio::sync::{mpsc, watch};
@@ -35,6 +36,9 @@ pub struct NodeConfig {
     pub relay: RelayConfig,
     /// The integrity check for received chunks.
     pub verifier: VerifierFactory,
+    /// A receiver's uplink, if known: it then joins without measuring it
+    /// (`None`: it measures it with a capacity probe).
+    pub capacity: Option<Capacity>,
 }
 
 /// The application's end of a node.
@@ -91,7 +95,7 @@ pub fn spawn_node(config: NodeConfig, transport: TransportHandle) -> NodeHandle 
         announce: config.announce,
         relay: config.relay,
         verifier: config.verifier,
-        capacity: None,
+        capacity: config.capacity,
     });
     let node = Node {
         core,

@@ -12,6 +12,7 @@ use miostream_peer::transport::memory::MemoryHub;
 use miostream_peer::{
     spawn_node, Announcement, Identity, NodeConfig, NodeEvent, NodeHandle, SessionConfig,
 };
+use miostream_protocol::signal::Capacity;
 use miostream_protocol::{
     Chunk, ChunkFlags, ChunkHeader, ChunkKind, ComponentType, IntegrityMode, PeerId, StreamId,
     TopologyKind,
@@ -45,6 +46,7 @@ fn node(
         announce,
         relay: RelayConfig::default(),
         verifier: Box::new(|_| Box::new(AcceptAll)),
+        capacity: None,
     };
     spawn_node(config, hub.attach(peer_id))
 }
@@ -242,6 +244,13 @@ async fn a_forging_relay_is_rejected_reported_and_cut_out_in_sign_mode() {
                 1.0,
                 Arc::new(Mutex::new(Default::default())),
             ),
+            // Equal and known uplinks: the tree keeps the join order (a
+            // measured one would let a faster joiner rise above the forger
+            // and leave it no child to report it).
+            capacity: Some(Capacity {
+                upload_kbps: 100_000,
+                rtt_ms: 0,
+            }),
         };
         spawn_node(config, hub.attach(peer_id))
     };

@@ -258,6 +258,11 @@ pub enum SupervisorMessage {
     /// would (drop every link and the supervisor connection without a
     /// goodbye), then join again as a new viewer with a fresh peer id.
     InjectFailure {},
+    /// Answer to [`PeerMessage::CapacityProbeRequest`]: send the probe now.
+    /// The supervisor lets only a few probes run at once, so that probes of
+    /// a flash crowd do not share its link and all measure it instead of
+    /// their own uplinks.
+    CapacityProbeGrant {},
     /// The last [`PeerMessage::CapacityProbe`] arrived: the peer divides the
     /// bytes it sent by the time until this answer to measure its uplink.
     CapacityProbeAck {
@@ -352,9 +357,13 @@ pub enum PeerMessage {
         /// Why it failed.
         reason: String,
     },
-    /// Before joining: filler that measures the peer's uplink (its bytes
-    /// over the time until [`SupervisorMessage::CapacityProbeAck`]). At most
-    /// [`MAX_PROBE_MESSAGES`] per connection, before `JOIN_STREAM`.
+    /// Before joining: asks for a slot to measure the uplink in; the
+    /// supervisor answers [`SupervisorMessage::CapacityProbeGrant`] when
+    /// one is free. Once per connection.
+    CapacityProbeRequest {},
+    /// Before joining, once granted: filler that measures the peer's uplink
+    /// (its bytes over the time until [`SupervisorMessage::CapacityProbeAck`]).
+    /// At most [`MAX_PROBE_MESSAGES`] per connection, before `JOIN_STREAM`.
     CapacityProbe {
         /// Filler (any text; its length is what counts).
         padding: String,
@@ -458,6 +467,7 @@ impl SupervisorMessage {
             Self::Signal { .. } => "SIGNAL",
             Self::StreamEnded { .. } => "STREAM_ENDED",
             Self::InjectFailure {} => "INJECT_FAILURE",
+            Self::CapacityProbeGrant {} => "CAPACITY_PROBE_GRANT",
             Self::CapacityProbeAck { .. } => "CAPACITY_PROBE_ACK",
             Self::Error { .. } => "ERROR",
         }
@@ -486,6 +496,7 @@ impl PeerMessage {
             Self::Signal { .. } => "SIGNAL",
             Self::ReportBadChunk { .. } => "REPORT_BAD_CHUNK",
             Self::QosReport { .. } => "QOS_REPORT",
+            Self::CapacityProbeRequest {} => "CAPACITY_PROBE_REQUEST",
             Self::CapacityProbe { .. } => "CAPACITY_PROBE",
             Self::ReportLagging { .. } => "REPORT_LAGGING",
         }

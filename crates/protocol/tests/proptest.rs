@@ -199,6 +199,7 @@ fn peer_message() -> impl Strategy<Value = PeerMessage> {
         (text(), any::<bool>())
             .prop_map(|(padding, last)| PeerMessage::CapacityProbe { padding, last }),
         peer_id().prop_map(|upstream| PeerMessage::ReportLagging { upstream }),
+        Just(PeerMessage::CapacityProbeRequest {}),
     ]
 }
 
@@ -250,6 +251,7 @@ fn supervisor_message() -> impl Strategy<Value = SupervisorMessage> {
         }),
         Just(SupervisorMessage::InjectFailure {}),
         any::<u64>().prop_map(|bytes| SupervisorMessage::CapacityProbeAck { bytes }),
+        Just(SupervisorMessage::CapacityProbeGrant {}),
         (text(), any::<bool>()).prop_map(|(message, fatal)| SupervisorMessage::Error {
             code: signal::ErrorCode::Forbidden,
             message,

@@ -472,6 +472,7 @@ fn start_node(
             announce: None,
             relay: RelayConfig::default(),
             verifier: integrity_check(config.threshold, integrity.clone()),
+            capacity: None,
         },
         transport,
     )

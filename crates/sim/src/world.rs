@@ -135,6 +135,8 @@ enum Ev {
     KillRelay,
     Rejoin(usize),
     ManagerDisconnect(PeerId),
+    /// The manager's own timer (a probe slot's hold).
+    ManagerTimer,
     Tick,
 }
 
@@ -238,6 +240,8 @@ struct World<'a> {
     fail_rng: ChaCha8Rng,
     id_rng: ChaCha8Rng,
     manager_rng: ChaCha8Rng,
+    /// When the manager's timer is queued for, if it is.
+    manager_timer: Option<Instant>,
     next_gen: u64,
     next_seq: u64,
     next_cluster: u64,
@@ -293,6 +297,7 @@ pub fn run(config: &SimConfig, progress: &mut dyn FnMut(Progress)) -> Result<Sim
         fail_rng,
         id_rng,
         manager_rng,
+        manager_timer: None,
         next_gen: 1,
         next_seq: 0,
         next_cluster: 0,
@@ -550,8 +555,13 @@ impl World<'_> {
                 let ix = self.spawn(id, 2 + slot, Some(slot));
                 self.slots[slot].node = Some(ix);
             }
+            Ev::ManagerTimer => {
+                self.manager_timer = None;
+                let outs = self.manager.handle_timeout(self.now);
+                self.manager_outputs(outs);
+            }
             Ev::ManagerDisconnect(who) => {
-                let outs = self.manager.disconnected(who);
+                let outs = self.manager.disconnected(who, self.now);
                 self.manager_outputs(outs);
             }
             Ev::Tick => self.tick(),
@@ -668,6 +678,13 @@ impl World<'_> {
     }
 
     fn manager_outputs(&mut self, outs: Vec<ManagerOutput>) {
+        // The manager's timer may have moved earlier.
+        if let Some(t) = self.manager.poll_timeout() {
+            if self.manager_timer.is_none_or(|queued| t < queued) {
+                self.manager_timer = Some(t);
+                self.push(t.max(self.now), Ev::ManagerTimer);
+            }
+        }
         for o in outs {
             match o {
                 ManagerOutput::Send(to, msg) => self.manager_sends(to, msg),

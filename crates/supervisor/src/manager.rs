@@ -7,7 +7,9 @@
 //! before it joins (`CAPACITY_PROBE`: its bytes over the time until the
 //! supervisor's answer) and reports it in `JOIN_STREAM`. One whose uplink
 //! cannot carry [`Placement::relay_copies`] copies of the stream joins as a
-//! leaf-only peer (see `miostream_topology`). A relay whose copies lag, as
+//! leaf-only peer (see `miostream_topology`). Probes run in a few slots at
+//! a time ([`probes`]), so a flash crowd's probes measure the peers'
+//! uplinks, not the supervisor's. A relay whose copies lag, as
 //! reported by [`Placement::lag_reporters`] distinct peers it feeds within
 //! [`Placement::lag_window`] (`REPORT_LAGGING`), is demoted to a leaf; its
 //! children move, make before break. A liar can at worst demote a
@@ -39,6 +41,9 @@ use miostream_topology::{Changes, FailureDistribution, Topology, TopologyConfig}
 use rand::{CryptoRng, Rng, RngExt as _};
 
 use crate::monitor::api::{NodeView, Qos, StreamView};
+
+pub mod probes;
+use probes::ProbeSlots;
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +98,8 @@ struct Peer {
     stream: Option<StreamId>,
     /// The latest `QOS_REPORT` (receivers only): one per peer, gone with it.
     qos: Option<Qos>,
+    /// Whether it was granted a probe slot (once per connection).
+    probe_granted: bool,
     /// `CAPACITY_PROBE` messages and bytes so far.
     probes: u32,
     probe_bytes: u64,
@@ -141,6 +148,7 @@ pub struct Manager {
     peers: HashMap<PeerId, Peer>,
     streams: HashMap<StreamId, Stream>,
     by_name: HashMap<String, StreamId>,
+    probe_slots: ProbeSlots,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> SupervisorMessage {
@@ -159,7 +167,19 @@ impl Manager {
             peers: HashMap::new(),
             streams: HashMap::new(),
             by_name: HashMap::new(),
+            probe_slots: ProbeSlots::default(),
         }
+    }
+
+    /// The instant of the next timer, if any (a probe slot's hold).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.probe_slots.poll_timeout()
+    }
+
+    /// Runs the timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Output> {
+        let granted = self.probe_slots.handle_timeout(now);
+        self.grant(granted)
     }
 
     /// Number of registered peers.
@@ -198,6 +218,7 @@ impl Manager {
                 key,
                 stream: None,
                 qos: None,
+                probe_granted: false,
                 probes: 0,
                 probe_bytes: 0,
                 capacity: Capacity::default(),
@@ -276,7 +297,8 @@ impl Manager {
                 seq,
                 reason,
             } => self.report(from, joined, upstream, seq, &reason, now),
-            PeerMessage::CapacityProbe { padding, last } => self.probe(from, &padding, last),
+            PeerMessage::CapacityProbeRequest {} => self.probe_request(from, now),
+            PeerMessage::CapacityProbe { padding, last } => self.probe(from, &padding, last, now),
             PeerMessage::ReportLagging { upstream } => self.lagging(from, joined, upstream, now),
             PeerMessage::QosReport {
                 stalls,
@@ -536,15 +558,23 @@ impl Manager {
     }
 
     /// A peer's connection ended (closed, timed out, dropped).
-    pub fn disconnected(&mut self, who: PeerId) -> Vec<Output> {
-        let out = self.depart(who, true);
+    pub fn disconnected(&mut self, who: PeerId, now: Instant) -> Vec<Output> {
+        let mut out = self.depart(who, true);
         self.peers.remove(&who);
+        let granted = self.probe_slots.release(who, now);
+        out.extend(self.grant(granted));
         out
     }
 
     /// Cuts a peer off: it leaves its stream as a failure and is forgotten.
-    fn cut_off(&mut self, who: PeerId, code: ErrorCode, reason: String) -> Vec<Output> {
-        let mut out = self.disconnected(who);
+    fn cut_off(
+        &mut self,
+        who: PeerId,
+        code: ErrorCode,
+        reason: String,
+        now: Instant,
+    ) -> Vec<Output> {
+        let mut out = self.disconnected(who, now);
         out.push(Output::Disconnect(who, code, reason));
         out
     }
@@ -610,6 +640,7 @@ impl Manager {
                 upstream,
                 ErrorCode::Misbehaving,
                 format!("{needed} peers you relayed to received chunks that failed verification"),
+                now,
             );
         }
         let accused = stream.accusations.entry(from).or_default();
@@ -623,16 +654,45 @@ impl Manager {
                     "you reported {MAX_LONE_ACCUSATIONS} peers as forgers within {} s and nobody confirmed it",
                     REPORT_WINDOW.as_secs()
                 ),
+                now,
             );
         }
         Vec::new()
     }
 
-    /// A capacity probe: counted, answered when it is the last one.
-    fn probe(&mut self, from: PeerId, padding: &str, last: bool) -> Vec<Output> {
+    /// A receiver asks for a probe slot: granted now or when one is free.
+    fn probe_request(&mut self, from: PeerId, now: Instant) -> Vec<Output> {
         let Some(p) = self.peers.get_mut(&from) else {
             return Vec::new();
         };
+        if p.stream.is_some() || p.probe_granted {
+            return vec![Output::Send(
+                from,
+                error(
+                    ErrorCode::Forbidden,
+                    "one capacity probe per connection, before joining",
+                ),
+            )];
+        }
+        let granted = self.probe_slots.request(from, now);
+        self.grant(granted)
+    }
+
+    /// A capacity probe: counted, answered when it is the last one (which
+    /// frees its slot).
+    fn probe(&mut self, from: PeerId, padding: &str, last: bool, now: Instant) -> Vec<Output> {
+        let Some(p) = self.peers.get_mut(&from) else {
+            return Vec::new();
+        };
+        if !p.probe_granted {
+            return vec![Output::Send(
+                from,
+                error(
+                    ErrorCode::Forbidden,
+                    "capacity probes run in a slot: ask with CAPACITY_PROBE_REQUEST",
+                ),
+            )];
+        }
         if p.stream.is_some() || p.probes >= MAX_PROBE_MESSAGES {
             return vec![Output::Send(
                 from,
@@ -647,12 +707,28 @@ impl Manager {
         if !last {
             return Vec::new();
         }
-        vec![Output::Send(
+        let mut out = vec![Output::Send(
             from,
             SupervisorMessage::CapacityProbeAck {
                 bytes: p.probe_bytes,
             },
-        )]
+        )];
+        let granted = self.probe_slots.release(from, now);
+        out.extend(self.grant(granted));
+        out
+    }
+
+    /// Grants probe slots: marks the peers and tells them.
+    fn grant(&mut self, peers: Vec<PeerId>) -> Vec<Output> {
+        for peer in &peers {
+            if let Some(p) = self.peers.get_mut(peer) {
+                p.probe_granted = true;
+            }
+        }
+        peers
+            .into_iter()
+            .map(|p| Output::Send(p, SupervisorMessage::CapacityProbeGrant {}))
+            .collect()
     }
 
     /// `from` says the copies `upstream` sends it lag: enough distinct
@@ -769,7 +845,7 @@ impl Manager {
 
     /// The authorized list changed: cuts off every peer whose key is no
     /// longer authorized for its role.
-    pub fn reauthorize(&mut self, list: &dyn Authorizer) -> Vec<Output> {
+    pub fn reauthorize(&mut self, list: &dyn Authorizer, now: Instant) -> Vec<Output> {
         let revoked: Vec<PeerId> = self
             .peers
             .iter()
@@ -778,7 +854,7 @@ impl Manager {
             .collect();
         revoked
             .into_iter()
-            .flat_map(|id| self.cut_off(id, ErrorCode::Revoked, "your key was revoked".into()))
+            .flat_map(|id| self.cut_off(id, ErrorCode::Revoked, "your key was revoked".into(), now))
             .collect()
     }
 }

@@ -345,6 +345,11 @@ impl Hub {
                     self.answer(query);
                     continue;
                 }
+                _ = sleep_until_opt(self.manager.poll_timeout().map(Instant::from_std)) => {
+                    let outputs = self.manager.handle_timeout(Instant::now().into_std());
+                    self.deliver(outputs);
+                    continue;
+                }
                 _ = sleep_until_opt(self.next_injection) => {
                     let outputs = self.inject();
                     self.deliver(outputs);
@@ -376,7 +381,7 @@ impl Hub {
                     if self.stopping {
                         Vec::new()
                     } else {
-                        self.manager.disconnected(id)
+                        self.manager.disconnected(id, Instant::now().into_std())
                     }
                 }
                 HubCommand::Shutdown => {
@@ -384,7 +389,9 @@ impl Hub {
                     self.next_injection = None;
                     Vec::new()
                 }
-                HubCommand::Authorized(list) => self.manager.reauthorize(list.as_ref()),
+                HubCommand::Authorized(list) => self
+                    .manager
+                    .reauthorize(list.as_ref(), Instant::now().into_std()),
             };
             self.deliver(outputs);
         }
@@ -449,7 +456,7 @@ impl Hub {
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             warn!(peer = %to, "slow reader: send queue full, dropping it");
                             self.peers.remove(&to);
-                            work.extend(self.manager.disconnected(to));
+                            work.extend(self.manager.disconnected(to, Instant::now().into_std()));
                         }
                     }
                 }

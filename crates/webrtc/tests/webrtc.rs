@@ -58,6 +58,7 @@ fn node_with(
         announce,
         relay: RelayConfig::default(),
         verifier,
+        capacity: None,
     };
     let (transport, _) =
         miostream_webrtc::spawn(peer_id, WebRtcConfig::new(IpAddr::V4(Ipv4Addr::LOCALHOST)));

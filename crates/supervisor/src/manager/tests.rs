@@ -171,7 +171,7 @@ fn every_affected_peer_is_reconfigured_on_join_and_failure() {
     }
     // A middle receiver fails: every peer that linked to it is told.
     let victim = rs[1];
-    let out = f.m.disconnected(victim);
+    let out = f.m.disconnected(victim, f.now);
     let told: Vec<PeerId> = out
         .iter()
         .filter_map(|o| match o {
@@ -339,7 +339,8 @@ fn revoked_keys_are_cut_off_and_their_streams_end() {
     f.stream(b, TopologyKind::Mesh);
     let r = f.peer(ComponentType::Receiver, 2);
     f.join(r);
-    let out = f.m.reauthorize(&Only(fp(2), ComponentType::Receiver));
+    let out =
+        f.m.reauthorize(&Only(fp(2), ComponentType::Receiver), f.now);
     assert!(out
         .iter()
         .any(|o| matches!(o, Output::Disconnect(p, ErrorCode::Revoked, _) if *p == b)));
@@ -454,7 +455,7 @@ fn qos_reports_keep_the_latest_per_receiver_and_go_with_it() {
     assert_eq!(json[0]["nodes"][0]["qos"]["latency_ms_p50"], 20.5);
 
     // Gone with the peer: bounded by the connected peers.
-    f.m.disconnected(r1);
+    f.m.disconnected(r1, f.now);
     assert!(f.m.qos(r1).is_none());
     let view = f.m.monitor_view();
     assert_eq!(view[0].nodes.len(), 1);
@@ -595,6 +596,21 @@ fn a_capacity_probe_is_answered_on_its_last_message_and_bounded() {
         padding: "x".repeat(1000),
         last,
     };
+    // Only in a slot.
+    assert_eq!(
+        error_code(&f.send(r, probe(true))),
+        Some(ErrorCode::Forbidden)
+    );
+    let out = f.send(r, PeerMessage::CapacityProbeRequest {});
+    assert!(
+        matches!(out[..], [Output::Send(to, SupervisorMessage::CapacityProbeGrant {})] if to == r),
+        "{out:?}"
+    );
+    assert_eq!(
+        error_code(&f.send(r, PeerMessage::CapacityProbeRequest {})),
+        Some(ErrorCode::Forbidden),
+        "once per connection"
+    );
     assert!(f.send(r, probe(false)).is_empty());
     let out = f.send(r, probe(true));
     assert!(
@@ -612,9 +628,56 @@ fn a_capacity_probe_is_answered_on_its_last_message_and_bounded() {
     let r2 = f.peer(ComponentType::Receiver, 3);
     f.join(r2);
     assert_eq!(
-        error_code(&f.send(r2, probe(true))),
+        error_code(&f.send(r2, PeerMessage::CapacityProbeRequest {})),
         Some(ErrorCode::Forbidden)
     );
+}
+
+/// A flash crowd's probes run a few at a time, so that they measure the
+/// peers' uplinks and not the supervisor's: a slot is free again when its
+/// probe ends, when its peer leaves, or after the hold.
+#[test]
+fn capacity_probes_run_a_few_at_a_time() {
+    use probes::{PROBE_SLOTS, PROBE_SLOT_HOLD};
+    let mut f = Fixture::new();
+    let b = f.peer(ComponentType::Broadcaster, 1);
+    f.stream(b, TopologyKind::Tree);
+    let granted = |out: &[Output]| -> Vec<PeerId> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send(to, SupervisorMessage::CapacityProbeGrant {}) => Some(*to),
+                _ => None,
+            })
+            .collect()
+    };
+    let rs: Vec<PeerId> = (0..PROBE_SLOTS + 3)
+        .map(|i| f.peer(ComponentType::Receiver, 10 + i as u8))
+        .collect();
+    let mut first = Vec::new();
+    for &r in &rs {
+        first.extend(granted(&f.send(r, PeerMessage::CapacityProbeRequest {})));
+    }
+    assert_eq!(first, rs[..PROBE_SLOTS]);
+    // A probe ends: the next in line is granted.
+    let out = f.send(
+        rs[0],
+        PeerMessage::CapacityProbe {
+            padding: String::new(),
+            last: true,
+        },
+    );
+    assert_eq!(granted(&out), [rs[PROBE_SLOTS]]);
+    // A prober leaves: the next.
+    assert_eq!(
+        granted(&f.m.disconnected(rs[1], f.now)),
+        [rs[PROBE_SLOTS + 1]]
+    );
+    // The hold ends: the last one, and no timer stays due.
+    let hold = f.m.poll_timeout().unwrap();
+    assert_eq!(hold, f.now + PROBE_SLOT_HOLD);
+    assert!(granted(&f.m.handle_timeout(hold - Duration::from_millis(1))).is_empty());
+    assert_eq!(granted(&f.m.handle_timeout(hold)), [rs[PROBE_SLOTS + 2]]);
+    assert!(f.m.poll_timeout().unwrap() > hold);
 }
 
 #[test]
