@@ -12,9 +12,9 @@
 //! mesh; plus the max-heap rise of a fast joiner) or O(log N) (list: where
 //! a joiner goes), whatever the overlay's size.
 //!
-//! - **List**: ordered by capacity (faster first, slow peers at the tail);
-//!   each node feeds the next and keeps backup links to the `list_backups`
-//!   nodes after that, so when a node dies its successor is fed at once.
+//! - **List**: the relays ordered by capacity (faster first); each feeds
+//!   the next and keeps backup links to the `list_backups` relays after
+//!   that, so when a relay dies its successor is fed at once.
 //! - **Tree**: a complete `tree_fanout`-ary tree in breadth-first positions
 //!   (balanced, depth log_k N); a joiner with more capacity than its parent
 //!   is swapped above it (the paper's max-heap); a departure is filled by
@@ -31,16 +31,17 @@
 //! measured capacity) is placed where it feeds nobody: in the tree and the
 //! mesh, relays take the first positions and leaf-only peers the last ones
 //! (a tree whose leaf-only peers are no more than its relays gives them no
-//! child and no backup child); in the list, after every relay. A relay
-//! that joins takes the first leaf-only position, which moves to the end;
-//! a relay that departs is replaced by the last relay, whose place the last
-//! leaf-only peer takes: still at most two moves per change. In the mesh the
-//! grid holds the relays only, and each leaf-only peer hangs from two of
-//! them — a parent that feeds it and a backup parent — chosen among the
-//! relays that feed and back up the fewest (the broadcaster feeds them
+//! child and no backup child). A relay that joins takes the first
+//! leaf-only position, which moves to the end; a relay that departs is
+//! replaced by the last relay, whose place the last leaf-only peer takes:
+//! still at most two moves per change. In the mesh and the list the grid
+//! or the chain holds the relays only, and each leaf-only peer hangs from
+//! two of them — a parent that feeds it and a backup parent — chosen among
+//! the relays that feed and back up the fewest (the broadcaster feeds them
 //! while there is no relay); a departing relay's leaf-only peers move to
 //! their backup and get a new one, so no leaf-only peer ever feeds another
-//! (a row of Wi-Fi laptops would otherwise relay to the next one).
+//! (a row of Wi-Fi laptops would otherwise relay to the next one, and a
+//! list's tail of them would each carry the stream and its backups).
 //!
 //! No IO, no clock, no randomness.
 
@@ -219,14 +220,14 @@ pub struct Topology {
     relays: usize,
     /// List: leaf-only peers placed.
     list_leaves: usize,
-    /// Mesh: which relays a leaf-only peer hangs from.
+    /// Mesh and list: which relays a leaf-only peer hangs from.
     hangs: HashMap<PeerId, Hang, PeerHash>,
-    /// Mesh: the leaf-only peers each relay (or the root) feeds and backs up.
+    /// Mesh and list: the leaf-only peers each relay (or the root) feeds and backs up.
     feeds: HashMap<PeerId, Fed, PeerHash>,
-    /// Mesh: relays by how many leaf-only peers they feed, and back up.
+    /// Mesh and list: relays by how many leaf-only peers they feed, and back up.
     by_fed: BTreeSet<(usize, PeerId)>,
     by_backed: BTreeSet<(usize, PeerId)>,
-    /// Mesh: leaf-only peers without a backup (there was one relay or none).
+    /// Mesh and list: leaf-only peers without a backup (there was one relay or none).
     unbacked: BTreeSet<PeerId>,
     /// List: the nodes (a slab; freed ones are in `free`).
     nodes: Vec<ListNode>,
@@ -240,7 +241,7 @@ pub struct Topology {
     scratch: Scratch,
 }
 
-/// Mesh: where a leaf-only peer hangs.
+/// Mesh and list: where a leaf-only peer hangs.
 #[derive(Debug, Clone, Copy)]
 struct Hang {
     /// The relay that feeds it (the root while there is no relay).
@@ -249,7 +250,7 @@ struct Hang {
     backup: Option<PeerId>,
 }
 
-/// Mesh: the leaf-only peers a relay (or the root) feeds and backs up.
+/// Mesh and list: the leaf-only peers a relay (or the root) feeds and backs up.
 #[derive(Debug, Clone, Default)]
 struct Fed {
     children: Vec<PeerId>,
@@ -415,9 +416,13 @@ impl Topology {
                 }
                 self.order.insert(key, i);
                 self.index.insert(peer, i);
-                if !relay {
+                if relay {
+                    self.relay_added(peer);
+                } else {
                     self.list_leaves += 1;
+                    self.hang_leaf(peer);
                 }
+                self.tidy_leaves();
             }
             TopologyKind::Tree | TopologyKind::Mesh => {
                 let n = self.slots.len();
@@ -472,11 +477,11 @@ impl Topology {
                 }
                 if self.kind == TopologyKind::Mesh {
                     if relay {
-                        self.mesh_relay_joined(peer);
+                        self.relay_added(peer);
                     } else {
-                        self.mesh_leaf_joined(peer);
+                        self.hang_leaf(peer);
                     }
-                    self.mesh_tidy();
+                    self.tidy_leaves();
                 }
             }
         }
@@ -509,6 +514,11 @@ impl Topology {
                 self.list_around(prev, next, &mut around);
                 self.scratch.around = around;
                 self.record_before();
+                if key.0 .0 == LEAF_SCORE {
+                    self.unhang_leaf(peer);
+                } else {
+                    self.relay_removed(peer);
+                }
                 match prev {
                     NIL => self.head = next,
                     p => self.nodes[p].next = next,
@@ -519,9 +529,13 @@ impl Topology {
                 }
                 self.order.remove(&key);
                 self.free.push(at);
+                // Gone from the index before the leaves are tidied: no
+                // relay it was can be chosen.
+                self.index.remove(&peer);
                 if key.0 .0 == LEAF_SCORE {
                     self.list_leaves -= 1;
                 }
+                self.tidy_leaves();
             }
             TopologyKind::Tree | TopologyKind::Mesh => {
                 // The last node of the departed peer's kind fills the hole;
@@ -548,9 +562,9 @@ impl Topology {
                     // While every position is where it was: the peers whose
                     // hangs change are recorded before they do.
                     if relay {
-                        self.mesh_relay_left(peer);
+                        self.relay_removed(peer);
                     } else {
-                        self.mesh_leaf_left(peer);
+                        self.unhang_leaf(peer);
                     }
                 }
                 if relay {
@@ -568,7 +582,7 @@ impl Topology {
                 self.scores.pop();
                 self.index.remove(&peer);
                 if self.kind == TopologyKind::Mesh {
-                    self.mesh_tidy();
+                    self.tidy_leaves();
                 }
             }
         }
@@ -683,7 +697,12 @@ impl Topology {
         }
     }
 
-    // ----- mesh: leaf-only peers hang from relays --------------------------
+    /// List: whether node `q` is a relay (not [`NIL`], not leaf-only).
+    fn list_relay(&self, q: usize) -> bool {
+        q != NIL && self.nodes[q].key.0 .0 != LEAF_SCORE
+    }
+
+    // ----- mesh and list: leaf-only peers hang from relays -------------------
 
     /// Before `peer`'s links change outside the positions a change
     /// recorded: keeps what they were (once).
@@ -771,14 +790,14 @@ impl Topology {
         self.hangs.insert(leaf, hang);
     }
 
-    fn mesh_leaf_joined(&mut self, leaf: PeerId) {
+    fn hang_leaf(&mut self, leaf: PeerId) {
         let parent = Self::least(&self.by_fed, &[]).unwrap_or(self.root);
         self.hang_on(parent, leaf, false);
         let backup = self.back_up(leaf, parent);
         self.set_hang(leaf, Hang { parent, backup });
     }
 
-    fn mesh_leaf_left(&mut self, leaf: PeerId) {
+    fn unhang_leaf(&mut self, leaf: PeerId) {
         self.unbacked.remove(&leaf);
         if let Some(h) = self.hangs.remove(&leaf) {
             self.unhang(h.parent, leaf, false);
@@ -788,7 +807,7 @@ impl Topology {
         }
     }
 
-    fn mesh_relay_joined(&mut self, relay: PeerId) {
+    fn relay_added(&mut self, relay: PeerId) {
         self.by_fed.insert((0, relay));
         self.by_backed.insert((0, relay));
         self.feeds.insert(relay, Fed::default());
@@ -814,12 +833,12 @@ impl Topology {
         self.set_hang(leaf, Hang { parent: to, backup });
     }
 
-    /// After every mesh change, a bounded step towards where the leaf-only
+    /// After every mesh or list change, a bounded step towards where the leaf-only
     /// peers belong: up to two of those the root feeds (there was no relay
     /// when they came) move to relays, one moves from the relay feeding the
     /// most to the one feeding the fewest if they differ by two, and up to
     /// two without a backup get one.
-    fn mesh_tidy(&mut self) {
+    fn tidy_leaves(&mut self) {
         let root = self.root;
         for _ in 0..2 {
             let orphan = self
@@ -858,7 +877,7 @@ impl Topology {
 
     /// A departing relay's leaf-only peers move to their backup relay (or
     /// the one feeding the fewest) and get a new backup.
-    fn mesh_relay_left(&mut self, relay: PeerId) {
+    fn relay_removed(&mut self, relay: PeerId) {
         let Some(fed) = self.feeds.remove(&relay) else {
             return;
         };
@@ -1030,6 +1049,12 @@ impl Topology {
         clear(l);
         let n = self.slots.len();
         match self.kind {
+            TopologyKind::List if self.nodes[at].key.0 .0 == LEAF_SCORE => {
+                if let Some(h) = self.hangs.get(&self.nodes[at].peer) {
+                    l.parents.push(h.parent);
+                    l.backup_parents.extend(h.backup);
+                }
+            }
             TopologyKind::List => {
                 let k = self.config.list_backups;
                 let node = &self.nodes[at];
@@ -1048,16 +1073,22 @@ impl Topology {
                         l.backup_parents.push(self.nodes[q].peer);
                     }
                 }
+                // The chain holds the relays only (leaf-only peers, last in
+                // the order, hang from them).
                 let mut q = node.next;
-                if q != NIL {
+                if self.list_relay(q) {
                     l.children.push(self.nodes[q].peer);
                     for _ in 0..k {
                         q = self.nodes[q].next;
-                        if q == NIL {
+                        if !self.list_relay(q) {
                             break;
                         }
                         l.backup_children.push(self.nodes[q].peer);
                     }
+                }
+                if let Some(fed) = self.feeds.get(&node.peer) {
+                    l.children.extend_from_slice(&fed.children);
+                    l.backup_children.extend_from_slice(&fed.backup_children);
                 }
             }
             TopologyKind::Tree => {
@@ -1095,17 +1126,20 @@ impl Topology {
         clear(l);
         match self.kind {
             TopologyKind::List => {
-                if self.head != NIL {
+                if self.list_relay(self.head) {
                     l.children.push(self.nodes[self.head].peer);
                     // The root backs up the first nodes of the list.
                     let mut q = self.nodes[self.head].next;
                     for _ in 0..self.config.list_backups {
-                        if q == NIL {
+                        if !self.list_relay(q) {
                             break;
                         }
                         l.backup_children.push(self.nodes[q].peer);
                         q = self.nodes[q].next;
                     }
+                }
+                if let Some(fed) = self.feeds.get(&self.root) {
+                    l.children.extend_from_slice(&fed.children);
                 }
             }
             TopologyKind::Tree => {
@@ -1136,6 +1170,12 @@ impl Topology {
         }
         let at = *self.index.get(&peer)?;
         Some(match self.kind {
+            TopologyKind::List if self.nodes[at].key.0 .0 == LEAF_SCORE => {
+                match self.hangs.get(&peer) {
+                    Some(h) if h.parent != self.root => self.depth(h.parent).map_or(1, |d| d + 1),
+                    _ => 1,
+                }
+            }
             TopologyKind::List => self.order.range(..self.nodes[at].key).count() as u32 + 1,
             TopologyKind::Tree => self.tree_depth(at),
             TopologyKind::Mesh if at < self.relays => self.mesh_depth(at),

@@ -95,7 +95,15 @@ fn check(t: &Topology, changes: Option<&Changes>, before: &HashMap<PeerId, Links
     for (p, l) in &links {
         match t.kind() {
             TopologyKind::Tree => assert!(l.children.len() <= k, "{p:?}"),
-            TopologyKind::List => assert!(l.children.len() <= 1),
+            // A relay feeds the next relay and the leaf-only peers hung from it.
+            TopologyKind::List => {
+                let relays = l
+                    .children
+                    .iter()
+                    .filter(|c| t.is_relay(**c) == Some(true))
+                    .count();
+                assert!(relays <= 1, "{p:?} feeds {relays} relays");
+            }
             TopologyKind::Mesh => {}
         }
     }
@@ -117,7 +125,7 @@ fn check(t: &Topology, changes: Option<&Changes>, before: &HashMap<PeerId, Links
             TopologyKind::Tree if l.parents[0] != root && k > 1 => {
                 assert_eq!(l.backup_parents.len(), 1, "{p:?} has no backup")
             }
-            TopologyKind::List if l.parents[0] != root => {
+            TopologyKind::List if l.parents[0] != root && t.is_relay(*p).unwrap() => {
                 assert!(!l.backup_parents.is_empty(), "{p:?} has no backup")
             }
             _ => {}
@@ -138,9 +146,9 @@ fn check(t: &Topology, changes: Option<&Changes>, before: &HashMap<PeerId, Links
         leaves,
         peers.iter().filter(|p| !t.is_relay(**p).unwrap()).count()
     );
-    // In the mesh no leaf-only peer ever feeds anyone (or is a neighbour):
-    // each hangs from relays (the root while there is none).
-    if t.kind() == TopologyKind::Mesh {
+    // In the mesh and the list no leaf-only peer ever feeds anyone (or is a
+    // neighbour): each hangs from relays (the root while there is none).
+    if matches!(t.kind(), TopologyKind::Mesh | TopologyKind::List) {
         for p in peers.iter().filter(|p| !t.is_relay(**p).unwrap()) {
             let l = &links[p];
             assert!(
@@ -177,7 +185,9 @@ fn check(t: &Topology, changes: Option<&Changes>, before: &HashMap<PeerId, Links
             }
         }
         let bound = match t.kind() {
-            TopologyKind::List => 6 * (t.config.list_backups + 2),
+            TopologyKind::List => {
+                6 * (t.config.list_backups + 2) + 30 + 2 * t.max_leaves_per_relay()
+            }
             TopologyKind::Tree => 4 * (k + 1) * (k + 1) + 8,
             // A departing relay's leaf-only peers and their new relays.
             TopologyKind::Mesh => 50 + 2 * t.max_leaves_per_relay(),
@@ -191,7 +201,7 @@ fn check(t: &Topology, changes: Option<&Changes>, before: &HashMap<PeerId, Links
 }
 
 impl Topology {
-    /// Mesh: the most leaf-only peers one relay (or the root) feeds and backs up.
+    /// Mesh and list: the most leaf-only peers one relay (or the root) feeds and backs up.
     fn max_leaves_per_relay(&self) -> usize {
         self.feeds
             .values()
@@ -321,10 +331,17 @@ fn slow_peers_that_join_first_end_up_as_leaves() {
 }
 
 #[test]
-fn in_a_mesh_slow_peers_hang_from_relays_and_never_feed_each_other() {
+fn in_a_mesh_or_a_list_slow_peers_hang_from_relays_and_never_feed_each_other() {
+    for kind in [TopologyKind::Mesh, TopologyKind::List] {
+        slow_peers_hang_from_relays(kind);
+    }
+}
+
+fn slow_peers_hang_from_relays(kind: TopologyKind) {
     // The office: three Wi-Fi laptops join first, then five wired desktops,
-    // in an 8-wide mesh (one row: the laptops would relay to each other).
-    let mut t = Topology::new(TopologyKind::Mesh, id(ROOT), TopologyConfig::default());
+    // in an 8-wide mesh (one row: the laptops would relay to each other) or
+    // a list (the laptops would be its tail, each carrying the stream on).
+    let mut t = Topology::new(kind, id(ROOT), TopologyConfig::default());
     for i in 1..=3 {
         t.join_leaf(id(i), Capacity::default()).unwrap();
     }
