@@ -17,6 +17,10 @@ use miostream_protocol::{IntegrityMode, TopologyKind};
     about = "MioStream broadcaster: stream a live WebM to peers"
 )]
 struct Cli {
+    /// Log lines as `text` (colour only on a terminal) or `json` (one
+    /// object per line); `RUST_LOG` filters them.
+    #[arg(long, global = true, value_name = "text|json")]
+    log_format: Option<miostream_cli::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,15 +79,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(format!("info,{}", miostream_peer::QUIET_WEBRTC))
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match main_inner(Cli::parse()) {
+    let cli = Cli::parse();
+    miostream_cli::init_logging(
+        &format!("info,{}", miostream_peer::QUIET_WEBRTC),
+        cli.log_format.unwrap_or_default(),
+    );
+    match main_inner(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("miostream-broadcaster: {}", one_line(e.as_ref()));

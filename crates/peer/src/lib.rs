@@ -31,21 +31,7 @@ pub use session::{Session, SessionConfig, SessionEvent};
 pub const QUIET_WEBRTC: &str = "webrtc=error,rtc=error,rtc_datachannel=error,rtc_dtls=error,\
 rtc_ice=error,rtc_mdns=error,rtc_sctp=error,rtc_stun=error,rtc_turn=error";
 
-/// An error chain as one line for a CLI's stderr: causes that the outer
-/// messages already quote are not repeated.
-pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = error.to_string();
-    let mut cause = error.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        cause = c.source();
-    }
-    line
-}
+pub use miostream_cli::one_line;
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,10 @@ use miostream_receiver::{run as receive, Output, ReceiveConfig};
     about = "MioStream receiver: watch (and relay) a live stream"
 )]
 struct Cli {
+    /// Log lines as `text` (colour only on a terminal) or `json` (one
+    /// object per line); `RUST_LOG` filters them.
+    #[arg(long, global = true, value_name = "text|json")]
+    log_format: Option<miostream_cli::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -90,15 +94,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(format!("warn,{}", miostream_peer::QUIET_WEBRTC))
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    miostream_cli::init_logging(
+        &format!("warn,{}", miostream_peer::QUIET_WEBRTC),
+        cli.log_format.unwrap_or_default(),
+    );
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!(

@@ -31,6 +31,8 @@ pub struct SupervisorConfig {
     pub placement: PlacementSection,
     /// The operators' web dashboard.
     pub monitor: MonitorSection,
+    /// Logging.
+    pub log: LogSection,
 }
 
 impl Default for SupervisorConfig {
@@ -44,7 +46,32 @@ impl Default for SupervisorConfig {
             integrity: IntegritySection::default(),
             placement: PlacementSection::default(),
             monitor: MonitorSection::default(),
+            log: LogSection::default(),
         }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// `"text"` (colour only on a terminal) or `"json"` (one object per
+    /// line, for journald or a log shipper); `--log-format` overrides it.
+    pub format: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+        }
+    }
+}
+
+impl LogSection {
+    /// The format, or why it is not one.
+    pub fn format(&self) -> Result<miostream_cli::LogFormat, String> {
+        self.format.parse()
     }
 }
 

@@ -17,6 +17,10 @@ use miostream_supervisor::{Server, StateDir};
     about = "MioStream supervisor: authenticates peers, manages streams and their topologies, relays signaling"
 )]
 struct Cli {
+    /// Log lines as `text` (colour only on a terminal) or `json` (one
+    /// object per line); `RUST_LOG` filters them.
+    #[arg(long, global = true, value_name = "text|json")]
+    log_format: Option<miostream_cli::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -82,17 +86,31 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // `run` reads the format from config.toml ([log] format) unless the
+    // flag gives it; a config that cannot be read is reported by `run`.
+    let configured = match &cli.command {
+        Command::Run { dir, .. } => StateDir::new(dir)
+            .load_config()
+            .map(|c| c.log.format())
+            .unwrap_or(Ok(miostream_cli::LogFormat::Text)),
+        _ => Ok(miostream_cli::LogFormat::Text),
+    };
+    let format = match (cli.log_format, configured) {
+        (Some(f), _) | (None, Ok(f)) => f,
+        (None, Err(e)) => {
+            eprintln!("miostream-supervisor: [log] format: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    miostream_cli::init_logging("info", format);
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("miostream-supervisor: {}", one_line(e.as_ref()));
+            eprintln!(
+                "miostream-supervisor: {}",
+                miostream_cli::one_line(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }
@@ -167,26 +185,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     // (or run `miostream-supervisor monitor-url --dir DIR`).
                     println!("monitor on https://{addr}/");
                 }
-                server.run(shutdown_signal()).await;
+                // systemd (Type=notify): serving now; stopping on SIGTERM.
+                if let Err(e) = miostream_cli::notify("READY=1") {
+                    tracing::warn!("cannot notify systemd: {e}");
+                }
+                server
+                    .run(async {
+                        shutdown_signal().await;
+                        let _ = miostream_cli::notify("STOPPING=1");
+                    })
+                    .await;
                 anyhow::Ok(())
             })
         }
     }
-}
-
-/// The error chain as one line; causes already quoted are not repeated.
-fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = error.to_string();
-    let mut cause = error.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        cause = c.source();
-    }
-    line
 }
 
 /// Completes on SIGTERM (systemd stop) or SIGINT (Ctrl-C).

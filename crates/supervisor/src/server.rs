@@ -165,6 +165,8 @@ impl Server {
         let (monitor_tx, monitor_rx) = mpsc::channel(64);
         let hub = Hub::new(&shared.config);
         let hub_task = tokio::spawn(hub.run(hub_rx, monitor_rx).instrument(info_span!("hub")));
+        let watchdog = miostream_cli::watchdog_interval()
+            .map(|every| tokio::spawn(watchdog(every, monitor_tx.clone())));
         let watcher = tokio::spawn(watch_authorized(dir, authorized_tx, hub_tx.clone()));
         let (stop_tx, stop_rx) = watch::channel(false);
         let monitor_task = monitor.map(|m| {
@@ -215,6 +217,9 @@ impl Server {
         let _ = hub_tx.send(HubCommand::Shutdown).await;
         let _ = stop_tx.send(true);
         watcher.abort();
+        if let Some(w) = watchdog {
+            w.abort();
+        }
         drop(hub_tx);
         let drained = timeout(Duration::from_secs(3), async {
             while tasks.join_next().await.is_some() {}
@@ -227,6 +232,29 @@ impl Server {
             let _ = m.await;
         }
         let _ = hub_task.await;
+    }
+}
+
+/// systemd's watchdog (`WatchdogSec=`): `WATCHDOG=1` every `every` while
+/// the hub — where every peer's messages are handled — answers a query
+/// within that time; a hub that hangs stops the pings and systemd restarts
+/// the service.
+async fn watchdog(every: Duration, hub: mpsc::Sender<MonitorQuery>) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let (tx, rx) = oneshot::channel();
+        if hub.send(MonitorQuery::State(tx)).await.is_err() {
+            return;
+        }
+        match timeout(every, rx).await {
+            Ok(Ok(_)) => {
+                if let Err(e) = miostream_cli::notify("WATCHDOG=1") {
+                    warn!("cannot notify systemd's watchdog: {e}");
+                }
+            }
+            _ => warn!("the hub did not answer within the watchdog interval"),
+        }
     }
 }
 

@@ -154,6 +154,67 @@ fn run_without_init_fails_with_one_line() {
     );
 }
 
+/// systemd's service protocol as `Type=notify` with `WatchdogSec=` drives
+/// it, on a notification socket the test makes: READY=1 once listening,
+/// WATCHDOG=1 while the hub answers, STOPPING=1 on SIGTERM. Logs to a pipe
+/// carry no escape codes, and `--log-format json` writes JSON lines.
+#[test]
+fn notifies_systemd_and_logs_plainly_to_a_pipe() {
+    use std::os::unix::net::UnixDatagram;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sup");
+    let d = dir.to_str().unwrap();
+    let out = run(&["init", "--dir", d, "--listen", "127.0.0.1:0"]);
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    let socket_path = tmp.path().join("notify");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let child = Command::new(BIN)
+        .args(["run", "--dir", d, "--log-format", "json"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        // WatchdogSec=0.2 s: a ping every 0.1 s.
+        .env("WATCHDOG_USEC", "200000")
+        .env_remove("WATCHDOG_PID")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = Guard(Some(child));
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !(got.iter().any(|m| m == "READY=1") && got.iter().any(|m| m == "WATCHDOG=1")) {
+        let n = socket.recv(&mut buf).expect("a notification");
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(got[0], "READY=1", "ready first: {got:?}");
+    let child = guard.0.take().unwrap();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    loop {
+        let n = socket.recv(&mut buf).expect("STOPPING=1");
+        if &buf[..n] == b"STOPPING=1" {
+            break;
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(!logs.contains('\u{1b}'), "escape codes on a pipe:\n{logs}");
+    let lines: Vec<&str> = logs.lines().collect();
+    assert!(!lines.is_empty());
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+}
+
 #[test]
 fn systemd_unit_has_the_required_hardening() {
     let unit = include_str!("../../../config/miostream-supervisor.service");
@@ -165,6 +226,8 @@ fn systemd_unit_has_the_required_hardening() {
         "ReadWritePaths=/var/lib/miostream",
         "ExecStart=/usr/local/bin/miostream-supervisor run --dir /var/lib/miostream",
         "KillSignal=SIGTERM",
+        "Type=notify",
+        "WatchdogSec=30",
     ] {
         assert!(unit.lines().any(|l| l.trim() == needed), "missing {needed}");
     }
