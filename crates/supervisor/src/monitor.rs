@@ -49,6 +49,8 @@ pub(crate) enum MonitorQuery {
     State(oneshot::Sender<MonitorState>),
     /// Apply an injection request; answer with the injector's state.
     Inject(InjectRequest, oneshot::Sender<Injection>),
+    /// Answer at once: the hub is alive (readiness, systemd's watchdog).
+    Ping(oneshot::Sender<()>),
 }
 
 /// The monitor's listener and what its connections share.
@@ -138,6 +140,10 @@ async fn connection(
                 Action::State => match ask(hub, MonitorQuery::State).await {
                     Some(state) => Response::json(200, to_json(&state)),
                     None => Response::text(503, "shutting down"),
+                },
+                Action::Ready => match ask(hub, MonitorQuery::Ping).await {
+                    Some(()) => Response::text(200, "ready"),
+                    None => Response::text(503, "not ready"),
                 },
                 Action::Inject(r) => {
                     info!(%addr, rate = r.rate, distribution = ?r.distribution, seed = ?r.seed, "monitor: failure injection set");

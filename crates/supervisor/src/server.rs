@@ -244,7 +244,7 @@ async fn watchdog(every: Duration, hub: mpsc::Sender<MonitorQuery>) {
     loop {
         tick.tick().await;
         let (tx, rx) = oneshot::channel();
-        if hub.send(MonitorQuery::State(tx)).await.is_err() {
+        if hub.send(MonitorQuery::Ping(tx)).await.is_err() {
             return;
         }
         match timeout(every, rx).await {
@@ -428,6 +428,9 @@ impl Hub {
     /// Answers the monitor.
     fn answer(&mut self, query: MonitorQuery) {
         match query {
+            MonitorQuery::Ping(reply) => {
+                let _ = reply.send(());
+            }
             MonitorQuery::State(reply) => {
                 let _ = reply.send(MonitorState {
                     streams: self.manager.monitor_view(),

@@ -227,6 +227,12 @@ async fn only_token_holders_get_in_and_bad_requests_get_4xx() {
     let sup = TestSupervisor::start(&[0], &[1], |_| {}).await;
     let m = Monitor::of(&sup);
 
+    // Health and readiness need no token, and show nothing else.
+    let r = m.get("/healthz", &[]).await;
+    assert_eq!((r.status, r.text().trim()), (200, "ok"));
+    let r = m.get("/readyz", &[]).await;
+    assert_eq!((r.status, r.text().trim()), (200, "ready"));
+
     // No token, wrong token: 401 (the page offers the login form).
     let r = m.get("/", &[]).await;
     assert_eq!(r.status, 401);

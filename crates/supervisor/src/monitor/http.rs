@@ -288,6 +288,8 @@ pub enum Action {
     State,
     /// Apply this to the injector and answer with its state.
     Inject(InjectRequest),
+    /// `GET /readyz`: 200 if the hub answers, 503 if not.
+    Ready,
 }
 
 /// The pages, with `{{NONCE}}` where the CSP nonce goes.
@@ -323,6 +325,11 @@ pub fn route(
         )
     };
     match req.path.as_str() {
+        // Probes for a load balancer or an orchestrator: no token, no
+        // secrets. Alive: the process serves HTTP; ready: its hub answers.
+        "/healthz" | "/readyz" if !get => Action::Respond(method_not_allowed("GET")),
+        "/healthz" => Action::Respond(Response::text(200, "ok")),
+        "/readyz" => Action::Ready,
         "/login" if !get => Action::Respond(method_not_allowed("GET")),
         "/login" => match req.query_param("token") {
             Some(t) if token.matches(t.as_bytes()) => {
@@ -394,6 +401,15 @@ mod tests {
             Action::Respond(r) => r.status,
             _ => 200,
         }
+    }
+
+    #[test]
+    fn health_and_readiness_need_no_token() {
+        let a = go("GET /healthz HTTP/1.1\r\n\r\n", b"");
+        assert!(matches!(&a, Action::Respond(r) if r.status == 200), "{a:?}");
+        assert_eq!(go("GET /readyz HTTP/1.1\r\n\r\n", b""), Action::Ready);
+        assert_eq!(status(&go("POST /healthz HTTP/1.1\r\n\r\n", b"")), 405);
+        assert_eq!(status(&go("POST /readyz HTTP/1.1\r\n\r\n", b"")), 405);
     }
 
     #[test]
