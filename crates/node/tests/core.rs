@@ -70,6 +70,16 @@ fn joins(out: &[NodeOutput]) -> Vec<Capacity> {
         .collect()
 }
 
+/// The joins among timed outputs, with when they were sent.
+fn timed_joins(out: Vec<(Instant, NodeOutput)>) -> Vec<(Instant, Capacity)> {
+    out.into_iter()
+        .filter_map(|(t, o)| match o {
+            NodeOutput::Supervisor(PeerMessage::JoinStream { capacity, .. }) => Some((t, capacity)),
+            _ => None,
+        })
+        .collect()
+}
+
 fn opens(out: &[NodeOutput]) -> Vec<(PeerId, bool)> {
     out.iter()
         .filter_map(|o| match o {
@@ -163,13 +173,7 @@ fn an_unanswered_probe_reports_the_slowest_uplink_it_could_be_and_joins() {
     drain(&mut node);
     assert_eq!(node.poll_timeout(), Some(t0 + PROBE_TIMEOUT));
     let out = run(&mut node, t0, t0 + PROBE_TIMEOUT);
-    let join: Vec<_> = out
-        .into_iter()
-        .filter_map(|(t, o)| match o {
-            NodeOutput::Supervisor(PeerMessage::JoinStream { capacity, .. }) => Some((t, capacity)),
-            _ => None,
-        })
-        .collect();
+    let join = timed_joins(out);
     assert_eq!(join.len(), 1);
     assert_eq!(join[0].0, t0 + PROBE_TIMEOUT);
     let bytes = (PROBE_MESSAGES * PROBE_BYTES) as u64;
@@ -195,13 +199,7 @@ fn a_probe_slot_never_granted_joins_unmeasured_and_a_new_session_asks_again() {
         [NodeOutput::Supervisor(PeerMessage::CapacityProbeRequest {})]
     ));
     let out = run(&mut node, t1, t1 + PROBE_WAIT);
-    let join: Vec<_> = out
-        .into_iter()
-        .filter_map(|(t, o)| match o {
-            NodeOutput::Supervisor(PeerMessage::JoinStream { capacity, .. }) => Some((t, capacity)),
-            _ => None,
-        })
-        .collect();
+    let join = timed_joins(out);
     assert_eq!(join, [(t1 + PROBE_WAIT, Capacity::default())]);
     // A late grant changes nothing.
     node.handle_supervisor(SupervisorMessage::CapacityProbeGrant {}, t1 + PROBE_WAIT);
