@@ -288,7 +288,11 @@ impl Manager {
                         "already joined a stream; leave it first",
                     ));
                 }
-                self.join(from, &name, capacity)
+                // One that gave up waiting for a probe slot leaves the queue.
+                let granted = self.probe_slots.release(from, now);
+                let mut out = self.grant(granted);
+                out.extend(self.join(from, &name, capacity));
+                out
             }
             PeerMessage::LeaveStream {} => self.depart(from, false),
             PeerMessage::Signal { to, payload } => self.relay(from, joined, to, payload),

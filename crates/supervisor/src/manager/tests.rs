@@ -650,7 +650,7 @@ fn capacity_probes_run_a_few_at_a_time() {
             })
             .collect()
     };
-    let rs: Vec<PeerId> = (0..PROBE_SLOTS + 3)
+    let rs: Vec<PeerId> = (0..PROBE_SLOTS + 4)
         .map(|i| f.peer(ComponentType::Receiver, 10 + i as u8))
         .collect();
     let mut first = Vec::new();
@@ -672,7 +672,9 @@ fn capacity_probes_run_a_few_at_a_time() {
         granted(&f.m.disconnected(rs[1], f.now)),
         [rs[PROBE_SLOTS + 1]]
     );
-    // The hold ends: the last one, and no timer stays due.
+    // One gives up waiting and joins unmeasured: it leaves the queue.
+    f.join(rs[PROBE_SLOTS + 3]);
+    // The hold ends: the last one still waiting, and no timer stays due.
     let hold = f.m.poll_timeout().unwrap();
     assert_eq!(hold, f.now + PROBE_SLOT_HOLD);
     assert!(granted(&f.m.handle_timeout(hold - Duration::from_millis(1))).is_empty());
