@@ -1,7 +1,8 @@
 //! The receiver: joins a stream through its node, verifies every chunk
-//! (threshold 1.0 by default), relays them, writes the reassembled WebM to a
-//! file or stdout, runs the playback model, and reports its QoS as the
-//! summary JSON of PRODUCT.md.
+//! (threshold 1.0 by default), relays them, reassembles the WebM (whole
+//! clusters from a keyframe on) for a file, stdout or media-io's
+//! [`LiveServer`] (`--serve`: a player page and `/stream.webm`), runs the
+//! playback model, and reports its QoS as the summary JSON of PRODUCT.md.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -9,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use miostream_media::{PlaybackModel, PlaybackStats, Reassembler, ReassemblyConfig};
-use miostream_media_io::StreamWriter;
+use miostream_media::{PlaybackModel, PlaybackStats, Reassembled, Reassembler, ReassemblyConfig};
+use miostream_media_io::{LiveServer, ServeConfig, StreamWriter};
 use miostream_peer::{
     integrity_check, spawn_node, Identity, NodeConfig, NodeEvent, NodeHandle, SessionConfig,
     SupervisorUrl, Trust,
@@ -20,8 +21,6 @@ use miostream_relay::{RelayConfig, RelayStats};
 use miostream_webrtc::WebRtcConfig;
 use serde::Serialize;
 use tracing::{info, warn};
-
-pub mod serve;
 
 /// Where the reassembled WebM goes.
 #[derive(Debug, Clone)]
@@ -263,9 +262,23 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Receives until the stream ends, `duration` passes, or `shutdown`
-/// completes; returns the summary.
+/// completes; returns the summary. Serves players on `config.serve`.
 pub async fn run(
     config: ReceiveConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Summary> {
+    let server = match config.serve {
+        Some(addr) => Some(LiveServer::bind(addr, ServeConfig::default()).await?),
+        None => None,
+    };
+    run_serving(config, server, shutdown).await
+}
+
+/// [`run`] with a [`LiveServer`] bound by the caller (e.g. on port 0, to
+/// learn its address first); `config.serve` is ignored.
+pub async fn run_serving(
+    config: ReceiveConfig,
+    server: Option<LiveServer>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Summary> {
     let bind = match config.bind {
@@ -274,9 +287,9 @@ pub async fn run(
             .await
             .with_context(|| format!("no route to {}", config.supervisor))?,
     };
-    // The output gets the fixed-up init segment, then whole clusters from
-    // a keyframe on: a receiver stopped mid-cluster, or a hole, never leaves
-    // a torn cluster in the file.
+    // The outputs (file or pipe, HTTP players) get the fixed-up init
+    // segment, then whole clusters from a keyframe on: a receiver stopped
+    // mid-cluster, or a hole, never leaves a torn cluster.
     let mut writer = match &config.out {
         Output::Discard => None,
         Output::Stdout => Some(StreamWriter::stdout()),
@@ -285,14 +298,6 @@ pub async fn run(
     let mut reassembler = Reassembler::new(ReassemblyConfig::default());
     // After a rejoin, the new incarnation starts at a later keyframe.
     let mut resync = false;
-    let server = match config.serve {
-        Some(addr) => Some(
-            serve::Server::bind(addr)
-                .await
-                .with_context(|| format!("cannot serve on {addr}"))?,
-        ),
-        None => None,
-    };
     let mut integrity = Arc::new(Mutex::new(Default::default()));
     let peer_id = PeerId::random();
     let mut node = start_node(&config, bind, peer_id, &integrity);
@@ -350,6 +355,9 @@ pub async fn run(
                 // Goodput counts from the first join, across injected failures.
                 qos.joined_at.get_or_insert_with(Instant::now);
                 joined_unix_us = unix_us();
+                if let Some(s) = &server {
+                    s.set_media_type(&keys.stream.media_type);
+                }
                 info!(stream = %config.stream, id = %keys.stream.id, topology = %keys.stream.topology, integrity = %keys.stream.integrity, %bind, "joined");
             }
             Some(NodeEvent::FailureInjected) => {
@@ -395,27 +403,19 @@ pub async fn run(
                             .cluster_complete(header.timestamp_ms, Instant::now());
                     }
                 }
-                if let Some(s) = &server {
-                    s.deliver(&header, payload.clone());
-                }
-                if let Some(w) = writer.as_mut() {
+                if writer.is_some() || server.is_some() {
                     if resync && header.kind == ChunkKind::Media {
                         resync = false;
                         reassembler.skip_to(header.seq);
                     }
-                    for piece in reassembler.push(&header, &payload) {
-                        if let Err(e) = w.write(&piece).await {
-                            // A player that went away (broken pipe) ends the output, not the relay.
-                            warn!("output closed: {e}");
-                            writer = None;
-                            break;
-                        }
-                    }
+                    let pieces = reassembler.push(&header, &payload);
+                    emit(pieces, server.as_ref(), &mut writer).await;
                 }
             }
             Some(NodeEvent::Skipped { first, count }) => {
                 qos.skipped += count;
-                reassembler.skip_to(first + count);
+                let pieces = reassembler.skip_to(first + count);
+                emit(pieces, server.as_ref(), &mut writer).await;
             }
             Some(NodeEvent::Ended(reason)) => {
                 info!("stream ended: {reason}");
@@ -428,6 +428,10 @@ pub async fn run(
     if let Some(mut w) = writer {
         let _ = w.flush().await;
     }
+    if let Some(s) = server {
+        // Players get what was published, then the end of the stream.
+        s.shutdown(Duration::from_secs(1)).await;
+    }
     let stats = node.stats.borrow().clone();
     let summary = qos.summary(Instant::now(), &stats, verified(&integrity), true);
     node.stop().await;
@@ -435,6 +439,26 @@ pub async fn run(
         Ok(()) if qos.joined_at.is_none() => bail!("never joined the stream"),
         Ok(()) => Ok(summary),
         Err(e) => Err(e),
+    }
+}
+
+/// Hands reassembled pieces to the players and the output.
+async fn emit(
+    pieces: Vec<Reassembled>,
+    server: Option<&LiveServer>,
+    writer: &mut Option<StreamWriter>,
+) {
+    for piece in pieces {
+        if let Some(s) = server {
+            s.publish(&piece);
+        }
+        if let Some(w) = writer.as_mut() {
+            if let Err(e) = w.write(&piece).await {
+                // A player that went away (broken pipe) ends the output, not the relay.
+                warn!("output closed: {e}");
+                *writer = None;
+            }
+        }
     }
 }
 

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use miostream_media_io::{LiveServer, ServeConfig, STREAM_PATH};
 use miostream_peer::{keygen, Identity, SupervisorClient, SupervisorUrl, Trust};
 use miostream_protocol::ComponentType;
-use miostream_receiver::{run as receive, Output, ReceiveConfig};
+use miostream_receiver::{run_serving as receive, Output, ReceiveConfig};
 
 #[derive(Parser)]
 #[command(
@@ -63,8 +64,9 @@ enum Command {
         /// Write the reassembled WebM to FILE.webm, or - for stdout (`| mpv -`).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Serve the live stream over HTTP for players (mpv/VLC/ffplay/browser
-        /// open http://HOST:PORT/).
+        /// Serve the live stream over HTTP: a browser player page at
+        /// http://HOST:PORT/, the raw WebM for mpv/VLC/ffplay at
+        /// http://HOST:PORT/stream.webm.
         #[arg(long)]
         serve: Option<std::net::SocketAddr>,
         /// Write the QoS summary JSON here at exit (and rewrite it every
@@ -159,7 +161,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 live_summary: summary.clone(),
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            let result = runtime.block_on(receive(config, shutdown_signal()))?;
+            let result = runtime.block_on(async {
+                let server = match config.serve {
+                    Some(addr) => {
+                        let server = LiveServer::bind(addr, ServeConfig::default()).await?;
+                        let at = server.local_addr();
+                        eprintln!("serving the stream: player page http://{at}/, raw WebM http://{at}{STREAM_PATH}");
+                        Some(server)
+                    }
+                    None => None,
+                };
+                receive(config, server, shutdown_signal()).await
+            })?;
             match summary {
                 Some(path) => miostream_receiver::write_summary(&path, &result)
                     .with_context(|| format!("cannot write {}", path.display()))?,
