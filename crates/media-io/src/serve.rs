@@ -101,7 +101,8 @@ struct Shared {
 #[derive(Debug)]
 struct Context {
     shared: Mutex<Shared>,
-    /// The init generation, for clients waiting for the first init.
+    /// The generation of the current init segment (0: none yet), for
+    /// clients waiting for one.
     inits: watch::Sender<u64>,
     stop: watch::Receiver<bool>,
     clients: watch::Sender<usize>,
@@ -230,6 +231,23 @@ impl LiveServer {
             }
             _ => {}
         }
+    }
+
+    /// A new stream follows (the broadcaster restarted): every stream
+    /// response ends now, the backlog is dropped, and players that come
+    /// (back) wait for the new stream's init segment.
+    pub fn reset(&self) {
+        let Ok(mut s) = self.ctx.shared.lock() else {
+            return;
+        };
+        s.generation += 1;
+        s.init = None;
+        s.backlog.clear();
+        s.backlog_bytes = 0;
+        if let Some(live) = &s.live {
+            let _ = live.send(Live::Init);
+        }
+        self.ctx.inits.send_replace(0);
     }
 
     /// Ends the stream: players receive what was published, then the

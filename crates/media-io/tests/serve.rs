@@ -427,3 +427,35 @@ async fn silent_connections_and_players_that_stop_reading_are_dropped() {
     drop(stuck);
     server.shutdown(LIMIT).await;
 }
+
+#[tokio::test]
+async fn a_reset_ends_the_responses_and_new_players_wait_for_the_next_init() {
+    let items = items();
+    let server = LiveServer::bind("127.0.0.1:0".parse().unwrap(), ServeConfig::default())
+        .await
+        .unwrap();
+    for it in &items[..3] {
+        server.publish(it);
+    }
+    let old = get(&server, 1).await;
+    server.reset();
+    // The old response ends with what it had: init and the latest
+    // keyframe cluster.
+    assert_eq!(body(old).await, concat([&items[0], &items[2]]));
+    let mut clients = server.clients();
+    tokio::time::timeout(LIMIT, clients.wait_for(|c| *c == 0))
+        .await
+        .unwrap()
+        .unwrap();
+    // A player that comes now waits for the next init, then gets only the
+    // new stream (none of the old backlog).
+    let mut s = TcpStream::connect(server.local_addr()).await.unwrap();
+    s.write_all(b"GET /stream.webm HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    server.publish(&items[0]);
+    wait_clients(&server, 1).await;
+    server.publish(&items[5]);
+    server.shutdown(LIMIT).await;
+    assert_eq!(body(s).await, concat([&items[0], &items[5]]));
+}

@@ -61,6 +61,42 @@ pub struct ReceiveConfig {
     /// Rewrite the summary here every second while running (atomically), so
     /// that a receiver killed abruptly still leaves its figures.
     pub live_summary: Option<PathBuf>,
+    /// Wait for a stream that is not announced yet, or whose broadcaster
+    /// stopped, instead of failing or ending.
+    pub wait: bool,
+    /// Print a one-line status on stderr every few seconds (for a terminal).
+    pub status: bool,
+}
+
+/// How often the status line is printed.
+const STATUS_EVERY: u64 = 3;
+/// How long `--wait` waits between two attempts to join.
+const WAIT_RETRY: Duration = Duration::from_secs(1);
+
+/// The supervisor's answer to joining a stream it does not know (its
+/// `STREAM_NOT_FOUND` message; the node passes failures on as text).
+fn is_not_found(reason: &str) -> bool {
+    reason.starts_with("no stream named")
+}
+
+/// The one-line status: where the receiver is, its buffer, stalls,
+/// upstream changes, goodput and players.
+pub fn status_line(stream: &str, state: &str, s: &Summary, players: Option<usize>) -> String {
+    let mut line = format!(
+        "{stream}: {state} · buffer {:.1} s · stalls {} ({} ms) · upstream changes {} · {:.2} Mbit/s",
+        s.buffer_ms as f64 / 1000.0,
+        s.stalls,
+        s.stall_ms,
+        s.parent_changes,
+        s.goodput_bps as f64 / 1e6,
+    );
+    if s.chunks_rejected > 0 {
+        line.push_str(&format!(" · {} chunks rejected", s.chunks_rejected));
+    }
+    if let Some(n) = players {
+        line.push_str(&format!(" · {n} player{}", if n == 1 { "" } else { "s" }));
+    }
+    line
 }
 
 /// The receiver summary (`--summary FILE.json`); keys as in PRODUCT.md.
@@ -145,9 +181,10 @@ struct Qos {
 }
 
 impl Qos {
-    /// An injected failure: the current incarnation's figures are kept, and
+    /// An injected failure (or, with `injected` false, a rejoin after the
+    /// stream went away): the current incarnation's figures are kept, and
     /// the next one starts with an empty playback buffer (as a new viewer).
-    fn fail(&mut self, now: Instant, stats: &RelayStats, verified: u64) {
+    fn fail(&mut self, now: Instant, stats: &RelayStats, verified: u64, injected: bool) {
         self.past_verified += verified;
         let p = self.playback.stats(now);
         if self.playback.started() && self.first_startup_ms.is_none() {
@@ -168,7 +205,7 @@ impl Qos {
         a.upstream_changes += b.upstream_changes;
         a.dead_links += b.dead_links;
         self.playback = PlaybackModel::new(self.startup, self.startup / 2);
-        self.failures += 1;
+        self.failures += u64::from(injected);
     }
 
     fn summary(
@@ -290,10 +327,15 @@ pub async fn run_serving(
     // The outputs (file or pipe, HTTP players) get the fixed-up init
     // segment, then whole clusters from a keyframe on: a receiver stopped
     // mid-cluster, or a hole, never leaves a torn cluster.
-    let mut writer = match &config.out {
+    let writer = match &config.out {
         Output::Discard => None,
         Output::Stdout => Some(StreamWriter::stdout()),
         Output::File(p) => Some(StreamWriter::create(p).await?),
+    };
+    let mut out = Outputs {
+        server,
+        writer,
+        written_init: None,
     };
     let mut reassembler = Reassembler::new(ReassemblyConfig::default());
     // After a rejoin, the new incarnation starts at a later keyframe.
@@ -320,6 +362,10 @@ pub async fn run_serving(
     // (from the latest keyframe, or after a failover) was sent before we
     // asked for it.
     let mut joined_unix_us = u64::MAX;
+    // This incarnation has joined; `--wait` is waiting for the stream; the
+    // next init chunks repeat the one the outputs have (a rejoin into the
+    // same stream).
+    let (mut joined, mut waiting, mut skip_init) = (false, false, false);
     let mut last_delivery: Option<Instant> = None;
     let deadline = config.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -342,6 +388,17 @@ pub async fn run_serving(
                     // For the supervisor's monitor; dropped while it is unreachable.
                     node.tell_supervisor(qos_report(&s));
                 }
+                if config.status && ticks % STATUS_EVERY == 0 && joined {
+                    let state = if !qos.playback.started() {
+                        "joined, buffering"
+                    } else if s.buffer_ms == 0 {
+                        "stalled"
+                    } else {
+                        "playing"
+                    };
+                    let players = out.server.as_ref().map(|srv| *srv.clients().borrow());
+                    eprintln!("{}", status_line(&config.stream, state, &s, players));
+                }
                 if ticks % 5 == 0 {
                     info!(chunks = s.chunks_received, rejected = s.chunks_rejected, stalls = s.stalls, stall_ms = s.stall_ms, buffer_ms = s.buffer_ms, upstreams_changed = s.parent_changes, "receiving");
                 }
@@ -355,7 +412,9 @@ pub async fn run_serving(
                 // Goodput counts from the first join, across injected failures.
                 qos.joined_at.get_or_insert_with(Instant::now);
                 joined_unix_us = unix_us();
-                if let Some(s) = &server {
+                joined = true;
+                waiting = false;
+                if let Some(s) = &out.server {
                     s.set_media_type(&keys.stream.media_type);
                 }
                 info!(stream = %config.stream, id = %keys.stream.id, topology = %keys.stream.topology, integrity = %keys.stream.integrity, %bind, "joined");
@@ -366,7 +425,7 @@ pub async fn run_serving(
                 // its supervisor connection, which the supervisor repairs as
                 // a failure.
                 let stats = node.stats.borrow().clone();
-                qos.fail(Instant::now(), &stats, verified(&integrity));
+                qos.fail(Instant::now(), &stats, verified(&integrity), true);
                 // The new incarnation counts its own verifications.
                 integrity = Arc::new(Mutex::new(Default::default()));
                 let peer_id = PeerId::random();
@@ -378,11 +437,13 @@ pub async fn run_serving(
                 joined_unix_us = u64::MAX;
                 last_delivery = None;
                 resync = true;
+                skip_init = true;
+                joined = false;
             }
             // A rejoin starts again with the init segment, which the player
             // has already: the output continues with the next clusters.
             Some(NodeEvent::Deliver { header, .. })
-                if qos.failures > 0 && header.kind == ChunkKind::Init => {}
+                if skip_init && header.kind == ChunkKind::Init => {}
             Some(NodeEvent::Deliver { header, payload }) => {
                 if header.kind == ChunkKind::Media {
                     let now = Instant::now();
@@ -403,32 +464,77 @@ pub async fn run_serving(
                             .cluster_complete(header.timestamp_ms, Instant::now());
                     }
                 }
-                if writer.is_some() || server.is_some() {
+                if out.writer.is_some() || out.server.is_some() {
                     if resync && header.kind == ChunkKind::Media {
                         resync = false;
                         reassembler.skip_to(header.seq);
                     }
                     let pieces = reassembler.push(&header, &payload);
-                    emit(pieces, server.as_ref(), &mut writer).await;
+                    emit(pieces, &mut out).await;
                 }
             }
             Some(NodeEvent::Skipped { first, count }) => {
                 qos.skipped += count;
                 let pieces = reassembler.skip_to(first + count);
-                emit(pieces, server.as_ref(), &mut writer).await;
+                emit(pieces, &mut out).await;
+            }
+            Some(NodeEvent::Ended(reason)) if config.wait => {
+                // The broadcaster may come back: join its next stream, from
+                // its own init segment and sequence numbers.
+                info!("stream ended ({reason}): waiting for it to come back");
+                if config.status {
+                    eprintln!(
+                        "{}: ended ({reason}); waiting for it to come back",
+                        config.stream
+                    );
+                }
+                if let Some(s) = &out.server {
+                    s.reset();
+                }
+                let stats = node.stats.borrow().clone();
+                qos.fail(Instant::now(), &stats, verified(&integrity), false);
+                integrity = Arc::new(Mutex::new(Default::default()));
+                let peer_id = PeerId::random();
+                node.stop().await;
+                node = start_node(&config, bind, peer_id, &integrity);
+                qos.peer_id = peer_id;
+                reassembler = Reassembler::new(ReassemblyConfig::default());
+                joined_unix_us = u64::MAX;
+                last_delivery = None;
+                resync = false;
+                skip_init = false;
+                joined = false;
             }
             Some(NodeEvent::Ended(reason)) => {
                 info!("stream ended: {reason}");
                 break Ok(());
             }
+            Some(NodeEvent::Failed(reason)) if config.wait && !joined && is_not_found(&reason) => {
+                if !waiting {
+                    info!("{reason}: waiting for it to be announced");
+                    if config.status {
+                        eprintln!("{}: not announced yet; waiting", config.stream);
+                    }
+                    waiting = true;
+                }
+                // Not a busy loop: one attempt per WAIT_RETRY.
+                tokio::select! {
+                    _ = tokio::time::sleep(WAIT_RETRY) => {}
+                    _ = &mut shutdown => break Ok(()),
+                }
+                let peer_id = PeerId::random();
+                node.stop().await;
+                node = start_node(&config, bind, peer_id, &integrity);
+                qos.peer_id = peer_id;
+            }
             Some(NodeEvent::Failed(reason)) => break Err(anyhow::anyhow!("{reason}")),
             Some(NodeEvent::Announced(_)) => {}
         }
     };
-    if let Some(mut w) = writer {
+    if let Some(mut w) = out.writer {
         let _ = w.flush().await;
     }
-    if let Some(s) = server {
+    if let Some(s) = out.server {
         // Players get what was published, then the end of the stream.
         s.shutdown(Duration::from_secs(1)).await;
     }
@@ -442,16 +548,28 @@ pub async fn run_serving(
     }
 }
 
+/// Where reassembled pieces go: HTTP players and a file or pipe.
+struct Outputs {
+    server: Option<LiveServer>,
+    writer: Option<StreamWriter>,
+    /// The init segment written last: a rejoin (`--wait`) that brings the
+    /// same one again does not repeat it in the file.
+    written_init: Option<Vec<u8>>,
+}
+
 /// Hands reassembled pieces to the players and the output.
-async fn emit(
-    pieces: Vec<Reassembled>,
-    server: Option<&LiveServer>,
-    writer: &mut Option<StreamWriter>,
-) {
+async fn emit(pieces: Vec<Reassembled>, out: &mut Outputs) {
     for piece in pieces {
-        if let Some(s) = server {
+        if let Some(s) = &out.server {
             s.publish(&piece);
         }
+        if let Reassembled::Init(b) = &piece {
+            if out.written_init.as_ref() == Some(b) {
+                continue;
+            }
+            out.written_init = Some(b.clone());
+        }
+        let writer = &mut out.writer;
         if let Some(w) = writer.as_mut() {
             if let Err(e) = w.write(&piece).await {
                 // A player that went away (broken pipe) ends the output, not the relay.
