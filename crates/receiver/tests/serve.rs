@@ -198,17 +198,17 @@ impl Scenario {
         );
         let mut lister = sup.connect(LISTER, ComponentType::Receiver).await.unwrap();
         let deadline = tokio::time::Instant::now() + DEADLINE;
-        while !lister
-            .list_streams()
-            .await
-            .unwrap()
-            .iter()
-            .any(|s| s.name == STREAM)
-        {
+        let info = loop {
+            let listed = lister.list_streams().await.unwrap();
+            if let Some(info) = listed.into_iter().find(|s| s.name == STREAM) {
+                break info;
+            }
             assert!(tokio::time::Instant::now() < deadline, "never announced");
             tokio::time::sleep(Duration::from_millis(100)).await; // poll interval
-        }
+        };
         lister.close().await;
+        // The broadcaster announced the codecs of its input.
+        assert_eq!(info.media_type, "video/webm; codecs=\"vp8,opus\"");
         let mut a = spawn_receiver(&sup, tmp.path(), RECEIVERS[0]).await;
         let mut b = spawn_receiver(&sup, tmp.path(), RECEIVERS[1]).await;
         until("both receivers receive chunks", || {
