@@ -625,3 +625,32 @@ async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_names_state_buffer_stalls_upstreams_and_players() {
+        let s = Summary {
+            buffer_ms: 1850,
+            stalls: 2,
+            stall_ms: 340,
+            parent_changes: 1,
+            goodput_bps: 1_234_000,
+            ..Summary::default()
+        };
+        assert_eq!(
+            status_line("cam", "playing", &s, Some(1)),
+            "cam: playing · buffer 1.9 s · stalls 2 (340 ms) · upstream changes 1 · 1.23 Mbit/s · 1 player"
+        );
+        let bad = Summary {
+            chunks_rejected: 3,
+            ..s
+        };
+        let line = status_line("cam", "stalled", &bad, None);
+        assert!(line.ends_with("· 3 chunks rejected"), "{line}");
+        assert!(is_not_found("no stream named \"cam\""));
+        assert!(!is_not_found("unknown key"));
+    }
+}
