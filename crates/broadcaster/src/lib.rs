@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use miostream_integrity::{SourceKey, StreamKey, Tagger};
 use miostream_media::chunk::Chunker;
-use miostream_media::{Segment, Splitter};
+use miostream_media::{live_media_type, Segment, Splitter};
 use miostream_peer::{
     spawn_node, Announcement, Identity, NodeConfig, NodeEvent, SessionConfig, SupervisorUrl, Trust,
 };
@@ -166,6 +166,32 @@ async fn open(
     }
 }
 
+/// Reads `reader` until its init segment is whole; returns a reader that
+/// yields everything again from the first byte, and the init segment.
+async fn read_init(
+    mut reader: Box<dyn AsyncRead + Unpin + Send>,
+) -> anyhow::Result<(impl AsyncRead + Unpin + Send, Vec<u8>)> {
+    let mut splitter = Splitter::new();
+    let mut read = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let init = loop {
+        let n = reader.read(&mut buf).await.context("reading the input")?;
+        let segments = if n == 0 {
+            splitter.finish()?
+        } else {
+            splitter.push(&buf[..n])?
+        };
+        read.extend_from_slice(&buf[..n]);
+        if let Some(Segment::Init(init)) = segments.into_iter().next() {
+            break init;
+        }
+        if n == 0 {
+            bail!("the input ended before its first WebM Tracks");
+        }
+    };
+    Ok((std::io::Cursor::new(read).chain(reader), init))
+}
+
 fn unix_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -186,7 +212,17 @@ pub async fn run(
     };
     // Open the input first: a missing file or camera is reported before
     // anything is announced.
-    let (mut reader, child) = open(&config.input).await?;
+    let (reader, child) = open(&config.input).await?;
+    // The init segment first: the announced media type names its codecs
+    // (`video/webm; codecs="vp8,opus"`), which browser players need. What
+    // was read is played from the start.
+    tokio::pin!(shutdown);
+    let (prefix, init) = tokio::select! {
+        r = read_init(reader) => r?,
+        _ = &mut shutdown => return Ok(BroadcastReport::default()),
+    };
+    let media_type = live_media_type("video/webm", Some(&init));
+    let mut reader: Box<dyn AsyncRead + Unpin + Send> = Box::new(prefix);
     let source_key = SourceKey::generate(&mut rand::rng());
     let signing_key = (config.integrity == IntegrityMode::Sign).then(|| source_key.public_base64());
     let peer_id = PeerId::random();
@@ -212,7 +248,7 @@ pub async fn run(
             announce: Some(Announcement {
                 topology: config.topology,
                 integrity: config.integrity,
-                media_type: "video/webm".into(),
+                media_type: media_type.clone(),
                 signing_key,
             }),
             relay: RelayConfig::default(),
@@ -342,7 +378,7 @@ pub async fn run(
     let result = tokio::select! {
         r = pump => r,
         Some(reason) = node_events.recv() => Err(anyhow::anyhow!("{reason}")),
-        _ = shutdown => Ok(()),
+        _ = &mut shutdown => Ok(()),
     };
     if let Some(mut c) = child {
         let _ = c.kill().await;

@@ -7,8 +7,9 @@
 //!   V4L2 webcam encoded to VP8 + Opus by an ffmpeg child process. It yields
 //!   [`Segment`]s (the init segment once, then clusters when due).
 //! - Receiver side: [`StreamWriter`] writes reassembled WebM to a file or
-//!   stdout; [`LiveServer`] serves it over HTTP/1.1 to any number of players
-//!   (mpv, VLC, ffplay, a browser `<video>`), each starting at the init
+//!   stdout; [`LiveServer`] serves it over HTTP/1.1 (hyper) to any number
+//!   of players — a browser player page at `/`, the raw live WebM at
+//!   `/stream.webm` for mpv, VLC or ffplay — each starting at the init
 //!   segment and the latest keyframe cluster.
 //!
 //! Memory is bounded everywhere: one read buffer and the splitter's element
@@ -24,6 +25,6 @@ mod source;
 
 pub use error::MediaIoError;
 pub use miostream_media::Segment;
-pub use serve::{LiveServer, ServeConfig};
+pub use serve::{LiveServer, ServeConfig, STREAM_PATH};
 pub use sink::StreamWriter;
 pub use source::{MediaSource, Source, SourceConfig, LOOP_GAP_MS};

@@ -15,12 +15,15 @@
 //!   duplicates and holes → the init segment (passed through
 //!   [`fix_up_init`]) and whole clusters from the first video-keyframe
 //!   cluster on; after a hole, from the next keyframe cluster.
+//! - [`live_media_type`]: the MIME type with codecs (`video/webm;
+//!   codecs="vp8,opus"`) that a browser player needs, from the init segment.
 //! - [`PlaybackModel`]: the startup buffer, media clock and stall
 //!   accounting behind the receiver's QoS figures.
 //!
 //! Time is always an argument; the tokio edges (file pacing, stdin, ffmpeg,
 //! the HTTP endpoint) live in `miostream-media-io`.
 
+mod codecs;
 mod ebml;
 mod init;
 mod pace;
@@ -30,6 +33,7 @@ mod split;
 pub mod chunk;
 pub mod playback;
 
+pub use codecs::{init_codecs, live_media_type};
 pub use init::fix_up_init;
 pub use pace::{Pacer, DEFAULT_MAX_JUMP};
 pub use playback::{PlaybackModel, PlaybackStats};

@@ -1,7 +1,8 @@
 //! The receiver: joins a stream through its node, verifies every chunk
-//! (threshold 1.0 by default), relays them, writes the reassembled WebM to a
-//! file or stdout, runs the playback model, and reports its QoS as the
-//! summary JSON of PRODUCT.md.
+//! (threshold 1.0 by default), relays them, reassembles the WebM (whole
+//! clusters from a keyframe on) for a file, stdout or media-io's
+//! [`LiveServer`] (`--serve`: a player page and `/stream.webm`), runs the
+//! playback model, and reports its QoS as the summary JSON of PRODUCT.md.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -9,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use miostream_media::{PlaybackModel, PlaybackStats, Reassembler, ReassemblyConfig};
-use miostream_media_io::StreamWriter;
+use miostream_media::{PlaybackModel, PlaybackStats, Reassembled, Reassembler, ReassemblyConfig};
+use miostream_media_io::{LiveServer, ServeConfig, StreamWriter};
 use miostream_peer::{
     integrity_check, spawn_node, Identity, NodeConfig, NodeEvent, NodeHandle, SessionConfig,
     SupervisorUrl, Trust,
@@ -20,8 +21,6 @@ use miostream_relay::{RelayConfig, RelayStats};
 use miostream_webrtc::WebRtcConfig;
 use serde::Serialize;
 use tracing::{info, warn};
-
-pub mod serve;
 
 /// Where the reassembled WebM goes.
 #[derive(Debug, Clone)]
@@ -62,6 +61,42 @@ pub struct ReceiveConfig {
     /// Rewrite the summary here every second while running (atomically), so
     /// that a receiver killed abruptly still leaves its figures.
     pub live_summary: Option<PathBuf>,
+    /// Wait for a stream that is not announced yet, or whose broadcaster
+    /// stopped, instead of failing or ending.
+    pub wait: bool,
+    /// Print a one-line status on stderr every few seconds (for a terminal).
+    pub status: bool,
+}
+
+/// How often the status line is printed.
+const STATUS_EVERY: u64 = 3;
+/// How long `--wait` waits between two attempts to join.
+const WAIT_RETRY: Duration = Duration::from_secs(1);
+
+/// The supervisor's answer to joining a stream it does not know (its
+/// `STREAM_NOT_FOUND` message; the node passes failures on as text).
+fn is_not_found(reason: &str) -> bool {
+    reason.starts_with("no stream named")
+}
+
+/// The one-line status: where the receiver is, its buffer, stalls,
+/// upstream changes, goodput and players.
+pub fn status_line(stream: &str, state: &str, s: &Summary, players: Option<usize>) -> String {
+    let mut line = format!(
+        "{stream}: {state} · buffer {:.1} s · stalls {} ({} ms) · upstream changes {} · {:.2} Mbit/s",
+        s.buffer_ms as f64 / 1000.0,
+        s.stalls,
+        s.stall_ms,
+        s.parent_changes,
+        s.goodput_bps as f64 / 1e6,
+    );
+    if s.chunks_rejected > 0 {
+        line.push_str(&format!(" · {} chunks rejected", s.chunks_rejected));
+    }
+    if let Some(n) = players {
+        line.push_str(&format!(" · {n} player{}", if n == 1 { "" } else { "s" }));
+    }
+    line
 }
 
 /// The receiver summary (`--summary FILE.json`); keys as in PRODUCT.md.
@@ -146,9 +181,10 @@ struct Qos {
 }
 
 impl Qos {
-    /// An injected failure: the current incarnation's figures are kept, and
+    /// An injected failure (or, with `injected` false, a rejoin after the
+    /// stream went away): the current incarnation's figures are kept, and
     /// the next one starts with an empty playback buffer (as a new viewer).
-    fn fail(&mut self, now: Instant, stats: &RelayStats, verified: u64) {
+    fn fail(&mut self, now: Instant, stats: &RelayStats, verified: u64, injected: bool) {
         self.past_verified += verified;
         let p = self.playback.stats(now);
         if self.playback.started() && self.first_startup_ms.is_none() {
@@ -169,7 +205,7 @@ impl Qos {
         a.upstream_changes += b.upstream_changes;
         a.dead_links += b.dead_links;
         self.playback = PlaybackModel::new(self.startup, self.startup / 2);
-        self.failures += 1;
+        self.failures += u64::from(injected);
     }
 
     fn summary(
@@ -263,9 +299,23 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Receives until the stream ends, `duration` passes, or `shutdown`
-/// completes; returns the summary.
+/// completes; returns the summary. Serves players on `config.serve`.
 pub async fn run(
     config: ReceiveConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Summary> {
+    let server = match config.serve {
+        Some(addr) => Some(LiveServer::bind(addr, ServeConfig::default()).await?),
+        None => None,
+    };
+    run_serving(config, server, shutdown).await
+}
+
+/// [`run`] with a [`LiveServer`] bound by the caller (e.g. on port 0, to
+/// learn its address first); `config.serve` is ignored.
+pub async fn run_serving(
+    config: ReceiveConfig,
+    server: Option<LiveServer>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Summary> {
     let bind = match config.bind {
@@ -274,25 +324,22 @@ pub async fn run(
             .await
             .with_context(|| format!("no route to {}", config.supervisor))?,
     };
-    // The output gets the fixed-up init segment, then whole clusters from
-    // a keyframe on: a receiver stopped mid-cluster, or a hole, never leaves
-    // a torn cluster in the file.
-    let mut writer = match &config.out {
+    // The outputs (file or pipe, HTTP players) get the fixed-up init
+    // segment, then whole clusters from a keyframe on: a receiver stopped
+    // mid-cluster, or a hole, never leaves a torn cluster.
+    let writer = match &config.out {
         Output::Discard => None,
         Output::Stdout => Some(StreamWriter::stdout()),
         Output::File(p) => Some(StreamWriter::create(p).await?),
     };
+    let mut out = Outputs {
+        server,
+        writer,
+        written_init: None,
+    };
     let mut reassembler = Reassembler::new(ReassemblyConfig::default());
     // After a rejoin, the new incarnation starts at a later keyframe.
     let mut resync = false;
-    let server = match config.serve {
-        Some(addr) => Some(
-            serve::Server::bind(addr)
-                .await
-                .with_context(|| format!("cannot serve on {addr}"))?,
-        ),
-        None => None,
-    };
     let mut integrity = Arc::new(Mutex::new(Default::default()));
     let peer_id = PeerId::random();
     let mut node = start_node(&config, bind, peer_id, &integrity);
@@ -315,6 +362,10 @@ pub async fn run(
     // (from the latest keyframe, or after a failover) was sent before we
     // asked for it.
     let mut joined_unix_us = u64::MAX;
+    // This incarnation has joined; `--wait` is waiting for the stream; the
+    // next init chunks repeat the one the outputs have (a rejoin into the
+    // same stream).
+    let (mut joined, mut waiting, mut skip_init) = (false, false, false);
     let mut last_delivery: Option<Instant> = None;
     let deadline = config.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -337,6 +388,17 @@ pub async fn run(
                     // For the supervisor's monitor; dropped while it is unreachable.
                     node.tell_supervisor(qos_report(&s));
                 }
+                if config.status && ticks % STATUS_EVERY == 0 && joined {
+                    let state = if !qos.playback.started() {
+                        "joined, buffering"
+                    } else if s.buffer_ms == 0 {
+                        "stalled"
+                    } else {
+                        "playing"
+                    };
+                    let players = out.server.as_ref().map(|srv| *srv.clients().borrow());
+                    eprintln!("{}", status_line(&config.stream, state, &s, players));
+                }
                 if ticks % 5 == 0 {
                     info!(chunks = s.chunks_received, rejected = s.chunks_rejected, stalls = s.stalls, stall_ms = s.stall_ms, buffer_ms = s.buffer_ms, upstreams_changed = s.parent_changes, "receiving");
                 }
@@ -350,6 +412,11 @@ pub async fn run(
                 // Goodput counts from the first join, across injected failures.
                 qos.joined_at.get_or_insert_with(Instant::now);
                 joined_unix_us = unix_us();
+                joined = true;
+                waiting = false;
+                if let Some(s) = &out.server {
+                    s.set_media_type(&keys.stream.media_type);
+                }
                 info!(stream = %config.stream, id = %keys.stream.id, topology = %keys.stream.topology, integrity = %keys.stream.integrity, %bind, "joined");
             }
             Some(NodeEvent::FailureInjected) => {
@@ -358,7 +425,7 @@ pub async fn run(
                 // its supervisor connection, which the supervisor repairs as
                 // a failure.
                 let stats = node.stats.borrow().clone();
-                qos.fail(Instant::now(), &stats, verified(&integrity));
+                qos.fail(Instant::now(), &stats, verified(&integrity), true);
                 // The new incarnation counts its own verifications.
                 integrity = Arc::new(Mutex::new(Default::default()));
                 let peer_id = PeerId::random();
@@ -370,11 +437,13 @@ pub async fn run(
                 joined_unix_us = u64::MAX;
                 last_delivery = None;
                 resync = true;
+                skip_init = true;
+                joined = false;
             }
             // A rejoin starts again with the init segment, which the player
             // has already: the output continues with the next clusters.
             Some(NodeEvent::Deliver { header, .. })
-                if qos.failures > 0 && header.kind == ChunkKind::Init => {}
+                if skip_init && header.kind == ChunkKind::Init => {}
             Some(NodeEvent::Deliver { header, payload }) => {
                 if header.kind == ChunkKind::Media {
                     let now = Instant::now();
@@ -395,38 +464,79 @@ pub async fn run(
                             .cluster_complete(header.timestamp_ms, Instant::now());
                     }
                 }
-                if let Some(s) = &server {
-                    s.deliver(&header, payload.clone());
-                }
-                if let Some(w) = writer.as_mut() {
+                if out.writer.is_some() || out.server.is_some() {
                     if resync && header.kind == ChunkKind::Media {
                         resync = false;
                         reassembler.skip_to(header.seq);
                     }
-                    for piece in reassembler.push(&header, &payload) {
-                        if let Err(e) = w.write(&piece).await {
-                            // A player that went away (broken pipe) ends the output, not the relay.
-                            warn!("output closed: {e}");
-                            writer = None;
-                            break;
-                        }
-                    }
+                    let pieces = reassembler.push(&header, &payload);
+                    emit(pieces, &mut out).await;
                 }
             }
             Some(NodeEvent::Skipped { first, count }) => {
                 qos.skipped += count;
-                reassembler.skip_to(first + count);
+                let pieces = reassembler.skip_to(first + count);
+                emit(pieces, &mut out).await;
+            }
+            Some(NodeEvent::Ended(reason)) if config.wait => {
+                // The broadcaster may come back: join its next stream, from
+                // its own init segment and sequence numbers.
+                info!("stream ended ({reason}): waiting for it to come back");
+                if config.status {
+                    eprintln!(
+                        "{}: ended ({reason}); waiting for it to come back",
+                        config.stream
+                    );
+                }
+                if let Some(s) = &out.server {
+                    s.reset();
+                }
+                let stats = node.stats.borrow().clone();
+                qos.fail(Instant::now(), &stats, verified(&integrity), false);
+                integrity = Arc::new(Mutex::new(Default::default()));
+                let peer_id = PeerId::random();
+                node.stop().await;
+                node = start_node(&config, bind, peer_id, &integrity);
+                qos.peer_id = peer_id;
+                reassembler = Reassembler::new(ReassemblyConfig::default());
+                joined_unix_us = u64::MAX;
+                last_delivery = None;
+                resync = false;
+                skip_init = false;
+                joined = false;
             }
             Some(NodeEvent::Ended(reason)) => {
                 info!("stream ended: {reason}");
                 break Ok(());
             }
+            Some(NodeEvent::Failed(reason)) if config.wait && !joined && is_not_found(&reason) => {
+                if !waiting {
+                    info!("{reason}: waiting for it to be announced");
+                    if config.status {
+                        eprintln!("{}: not announced yet; waiting", config.stream);
+                    }
+                    waiting = true;
+                }
+                // Not a busy loop: one attempt per WAIT_RETRY.
+                tokio::select! {
+                    _ = tokio::time::sleep(WAIT_RETRY) => {}
+                    _ = &mut shutdown => break Ok(()),
+                }
+                let peer_id = PeerId::random();
+                node.stop().await;
+                node = start_node(&config, bind, peer_id, &integrity);
+                qos.peer_id = peer_id;
+            }
             Some(NodeEvent::Failed(reason)) => break Err(anyhow::anyhow!("{reason}")),
             Some(NodeEvent::Announced(_)) => {}
         }
     };
-    if let Some(mut w) = writer {
+    if let Some(mut w) = out.writer {
         let _ = w.flush().await;
+    }
+    if let Some(s) = out.server {
+        // Players get what was published, then the end of the stream.
+        s.shutdown(Duration::from_secs(1)).await;
     }
     let stats = node.stats.borrow().clone();
     let summary = qos.summary(Instant::now(), &stats, verified(&integrity), true);
@@ -435,6 +545,38 @@ pub async fn run(
         Ok(()) if qos.joined_at.is_none() => bail!("never joined the stream"),
         Ok(()) => Ok(summary),
         Err(e) => Err(e),
+    }
+}
+
+/// Where reassembled pieces go: HTTP players and a file or pipe.
+struct Outputs {
+    server: Option<LiveServer>,
+    writer: Option<StreamWriter>,
+    /// The init segment written last: a rejoin (`--wait`) that brings the
+    /// same one again does not repeat it in the file.
+    written_init: Option<Vec<u8>>,
+}
+
+/// Hands reassembled pieces to the players and the output.
+async fn emit(pieces: Vec<Reassembled>, out: &mut Outputs) {
+    for piece in pieces {
+        if let Some(s) = &out.server {
+            s.publish(&piece);
+        }
+        if let Reassembled::Init(b) = &piece {
+            if out.written_init.as_ref() == Some(b) {
+                continue;
+            }
+            out.written_init = Some(b.clone());
+        }
+        let writer = &mut out.writer;
+        if let Some(w) = writer.as_mut() {
+            if let Err(e) = w.write(&piece).await {
+                // A player that went away (broken pipe) ends the output, not the relay.
+                warn!("output closed: {e}");
+                *writer = None;
+            }
+        }
     }
 }
 
@@ -482,5 +624,34 @@ async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_names_state_buffer_stalls_upstreams_and_players() {
+        let s = Summary {
+            buffer_ms: 1850,
+            stalls: 2,
+            stall_ms: 340,
+            parent_changes: 1,
+            goodput_bps: 1_234_000,
+            ..Summary::default()
+        };
+        assert_eq!(
+            status_line("cam", "playing", &s, Some(1)),
+            "cam: playing · buffer 1.9 s · stalls 2 (340 ms) · upstream changes 1 · 1.23 Mbit/s · 1 player"
+        );
+        let bad = Summary {
+            chunks_rejected: 3,
+            ..s
+        };
+        let line = status_line("cam", "stalled", &bad, None);
+        assert!(line.ends_with("· 3 chunks rejected"), "{line}");
+        assert!(is_not_found("no stream named \"cam\""));
+        assert!(!is_not_found("unknown key"));
     }
 }

@@ -1,5 +1,6 @@
-//! `miostream-receiver`: `keygen`, `list` and `run` (see `--help`).
+//! `miostream-receiver`: `keygen`, `list`, `run` and `watch` (see `--help`).
 
+use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use miostream_media_io::{LiveServer, ServeConfig, STREAM_PATH};
 use miostream_peer::{keygen, Identity, SupervisorClient, SupervisorUrl, Trust};
 use miostream_protocol::ComponentType;
-use miostream_receiver::{run as receive, Output, ReceiveConfig};
+use miostream_receiver::{run_serving as receive, Output, ReceiveConfig};
 
 #[derive(Parser)]
 #[command(
@@ -67,8 +69,9 @@ enum Command {
         /// Write the reassembled WebM to FILE.webm, or - for stdout (`| mpv -`).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Serve the live stream over HTTP for players (mpv/VLC/ffplay/browser
-        /// open http://HOST:PORT/).
+        /// Serve the live stream over HTTP: a browser player page at
+        /// http://HOST:PORT/, the raw WebM for mpv/VLC/ffplay at
+        /// http://HOST:PORT/stream.webm.
         #[arg(long)]
         serve: Option<std::net::SocketAddr>,
         /// Write the QoS summary JSON here at exit (and rewrite it every
@@ -90,7 +93,107 @@ enum Command {
         /// STUN/TURN server URL for NAT traversal (repeatable).
         #[arg(long = "ice-server")]
         ice_servers: Vec<String>,
+        /// Wait for a stream that is not announced yet, or whose broadcaster
+        /// stops, instead of failing or ending.
+        #[arg(long)]
+        wait: bool,
     },
+    /// Watch a stream: join it, serve it on a free loopback port and open
+    /// a player on it; exits when the player closes.
+    Watch {
+        /// Stream name.
+        name: String,
+        /// Supervisor URL, wss://HOST:PORT.
+        #[arg(long)]
+        supervisor: SupervisorUrl,
+        /// Identity directory (from keygen).
+        #[arg(long)]
+        identity: PathBuf,
+        /// The supervisor's trust bundle (its DIR/trust).
+        #[arg(long)]
+        trust: PathBuf,
+        /// Which player: the first of mpv, VLC, ffplay and a browser that is
+        /// installed (auto), one of them, or none (print the URLs and serve
+        /// until interrupted).
+        #[arg(long, value_enum, default_value_t = Player::Auto)]
+        player: Player,
+        /// Wait for a stream that is not announced yet, or whose broadcaster
+        /// stops, instead of failing or ending.
+        #[arg(long)]
+        wait: bool,
+        /// Media buffered before playback starts (ms).
+        #[arg(long, default_value_t = 2000)]
+        startup_ms: u64,
+        /// Local address for WebRTC (default: the one that routes to the supervisor).
+        #[arg(long)]
+        bind: Option<IpAddr>,
+        /// STUN/TURN server URL for NAT traversal (repeatable).
+        #[arg(long = "ice-server")]
+        ice_servers: Vec<String>,
+    },
+}
+
+/// `watch --player`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Player {
+    Auto,
+    Mpv,
+    Vlc,
+    Ffplay,
+    Browser,
+    None,
+}
+
+/// The player programs, in the order `auto` tries them: (choice, program,
+/// arguments before the URL, whether it opens the page rather than the
+/// raw stream).
+const PLAYERS: [(Player, &str, &[&str], bool); 4] = [
+    (Player::Mpv, "mpv", &["--force-window=yes"], false),
+    (Player::Vlc, "vlc", &["--play-and-exit"], false),
+    (
+        Player::Ffplay,
+        "ffplay",
+        &["-loglevel", "warning", "-autoexit"],
+        false,
+    ),
+    (Player::Browser, "xdg-open", &[], true),
+];
+
+/// Whether `program` is an executable file on `PATH`.
+fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// The player to launch for `choice` (`None` for `--player none`).
+fn pick_player(
+    choice: Player,
+) -> anyhow::Result<Option<(&'static str, &'static [&'static str], bool)>> {
+    if choice == Player::None {
+        return Ok(None);
+    }
+    for (p, program, args, page) in PLAYERS {
+        if (choice == Player::Auto || choice == p) && on_path(program) {
+            return Ok(Some((program, args, page)));
+        }
+    }
+    match choice {
+        Player::Auto => anyhow::bail!(
+            "no player found: install mpv, VLC or ffplay, or use --player none and open the URL yourself"
+        ),
+        _ => {
+            let program = PLAYERS
+                .iter()
+                .find(|(p, ..)| *p == choice)
+                .map_or("?", |(_, program, ..)| *program);
+            anyhow::bail!("{program} is not installed (or use --player auto|none)")
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -136,6 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             startup_ms,
             bind,
             ice_servers,
+            wait,
         } => {
             if !(0.0..=1.0).contains(&threshold) {
                 anyhow::bail!("--threshold must be between 0 and 1");
@@ -158,15 +262,59 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bind,
                 ice_servers,
                 live_summary: summary.clone(),
+                wait,
+                status: std::io::stderr().is_terminal(),
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            let result = runtime.block_on(receive(config, shutdown_signal()))?;
+            let result = runtime.block_on(async {
+                let server = match config.serve {
+                    Some(addr) => {
+                        let server = LiveServer::bind(addr, ServeConfig::default()).await?;
+                        let at = server.local_addr();
+                        eprintln!("serving the stream: player page http://{at}/, raw WebM http://{at}{STREAM_PATH}");
+                        Some(server)
+                    }
+                    None => None,
+                };
+                receive(config, server, shutdown_signal()).await
+            })?;
             match summary {
                 Some(path) => miostream_receiver::write_summary(&path, &result)
                     .with_context(|| format!("cannot write {}", path.display()))?,
                 None => eprintln!("{}", serde_json::to_string_pretty(&result)?),
             }
             Ok(())
+        }
+        Command::Watch {
+            name,
+            supervisor,
+            identity,
+            trust,
+            player,
+            wait,
+            startup_ms,
+            bind,
+            ice_servers,
+        } => {
+            let player = pick_player(player)?;
+            let config = ReceiveConfig {
+                supervisor,
+                identity: Identity::load(&identity)?,
+                trust: Trust::load(&trust)?,
+                stream: name,
+                out: Output::Discard,
+                serve: None,
+                duration: None,
+                threshold: 1.0,
+                startup: Duration::from_millis(startup_ms),
+                bind,
+                ice_servers,
+                live_summary: None,
+                wait,
+                status: std::io::stderr().is_terminal(),
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(watch(config, player))
         }
         Command::List {
             supervisor,
@@ -200,6 +348,67 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// `watch`: serves on a free loopback port, launches the player on it and
+/// receives until the player exits (or, without one, until interrupted).
+async fn watch(
+    config: ReceiveConfig,
+    player: Option<(&'static str, &'static [&'static str], bool)>,
+) -> anyhow::Result<()> {
+    let server = LiveServer::bind(
+        (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+        ServeConfig::default(),
+    )
+    .await?;
+    let at = server.local_addr();
+    let (page, stream) = (format!("http://{at}/"), format!("http://{at}{STREAM_PATH}"));
+    let mut child = match player {
+        None => {
+            println!("{page}");
+            println!("{stream}");
+            eprintln!(
+                "serving {}: player page {page}, raw WebM {stream} (Ctrl-C to stop)",
+                config.stream
+            );
+            None
+        }
+        Some((program, args, opens_page)) => {
+            let url = if opens_page { &page } else { &stream };
+            eprintln!("watching {} with {program} ({url})", config.stream);
+            let child = tokio::process::Command::new(program)
+                .args(args)
+                .arg(url)
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("cannot start {program}"))?;
+            // A browser opener hands the page over and exits at once: serve
+            // until interrupted then.
+            (!opens_page).then_some(child)
+        }
+    };
+    let player_closed = async {
+        match child.as_mut() {
+            Some(c) => {
+                let status = c.wait().await;
+                tracing::info!(?status, "the player closed");
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let ended = async {
+        tokio::select! {
+            _ = player_closed => {}
+            _ = shutdown_signal() => {}
+        }
+    };
+    let result = receive(config, Some(server), ended).await;
+    if let Some(mut c) = child {
+        let _ = c.start_kill();
+        let _ = c.wait().await;
+    }
+    result.map(|_| ())
 }
 
 /// Completes on SIGTERM or SIGINT.

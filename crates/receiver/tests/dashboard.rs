@@ -102,6 +102,8 @@ impl Stream {
                 bind: Some(local),
                 ice_servers: vec![],
                 live_summary: Some(s.summary_path(i)),
+                wait: false,
+                status: false,
             };
             s.receivers.push((
                 stop,

@@ -141,6 +141,8 @@ async fn receivers_play_exactly_the_broadcast_stream_in_each_topology() {
                 bind: Some(local),
                 ice_servers: vec![],
                 live_summary: None,
+                wait: false,
+                status: false,
             };
             handles.push((
                 out,
