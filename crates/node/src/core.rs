@@ -304,7 +304,12 @@ impl NodeCore {
                 }
             }
             SupervisorMessage::Signal { from, payload } => {
-                self.transport(TransportCommand::Signal { from, payload });
+                if self.relay.as_ref().is_some_and(|r| r.is_shunned(&from)) {
+                    // Its offers would only bring up a link we close at once.
+                    debug!(%from, "signal from a peer that sent garbage: dropped");
+                } else {
+                    self.transport(TransportCommand::Signal { from, payload });
+                }
             }
             SupervisorMessage::StreamEnded { reason, .. } => {
                 if self.ending.is_none() {
@@ -353,7 +358,11 @@ impl NodeCore {
             }
             TransportEvent::Down(peer) => {
                 debug!(%peer, "link down");
-                if self.linked.contains(&peer) && !self.reopen.iter().any(|(_, p)| *p == peer) {
+                let shunned = self.relay.as_ref().is_some_and(|r| r.is_shunned(&peer));
+                if self.linked.contains(&peer)
+                    && !shunned
+                    && !self.reopen.iter().any(|(_, p)| *p == peer)
+                {
                     self.reopen.push((now + REOPEN_DELAY, peer));
                 }
                 if let Some(r) = self.relay.as_mut() {
@@ -427,7 +436,8 @@ impl NodeCore {
                 .collect();
             self.reopen.retain(|(t, _)| *t > now);
             for peer in due {
-                if self.linked.contains(&peer) {
+                let shunned = self.relay.as_ref().is_some_and(|r| r.is_shunned(&peer));
+                if self.linked.contains(&peer) && !shunned {
                     let initiator = self.me < peer;
                     self.transport(TransportCommand::Open { peer, initiator });
                 }
@@ -581,6 +591,8 @@ impl NodeCore {
                     NodeOutput::Supervisor(PeerMessage::ReportLagging { upstream: peer })
                 }
                 RelayOutput::Garbage { peer, reason } => {
+                    // Not reported: garbage is no evidence of forgery, and
+                    // the link stays closed while the topology links us.
                     warn!(%peer, "closing a link that sends garbage: {reason}");
                     NodeOutput::Transport(TransportCommand::Close { peer })
                 }
