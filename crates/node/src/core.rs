@@ -591,9 +591,17 @@ impl NodeCore {
                     NodeOutput::Supervisor(PeerMessage::ReportLagging { upstream: peer })
                 }
                 RelayOutput::Garbage { peer, reason } => {
-                    // Not reported: garbage is no evidence of forgery, and
-                    // the link stays closed while the topology links us.
+                    // Never a bad-chunk report: garbage is no evidence of
+                    // forgery. But a peer whose links close is no relay:
+                    // reported as unfit to feed (REPORT_LAGGING), which
+                    // demotes it to a leaf when two peers say so, and never
+                    // cuts it out. The link stays closed while the topology
+                    // links us.
                     warn!(%peer, "closing a link that sends garbage: {reason}");
+                    self.out
+                        .push_back(NodeOutput::Supervisor(PeerMessage::ReportLagging {
+                            upstream: peer,
+                        }));
                     NodeOutput::Transport(TransportCommand::Close { peer })
                 }
                 RelayOutput::LinkDead { peer } => {

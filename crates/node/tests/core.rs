@@ -377,7 +377,7 @@ fn a_full_player_queue_skips_to_the_next_keyframe_cluster() {
 }
 
 #[test]
-fn a_link_closed_for_garbage_is_not_set_up_again_and_nobody_is_reported() {
+fn a_link_closed_for_garbage_is_not_set_up_again_and_never_reported_as_forgery() {
     let t0 = Instant::now();
     // The garbage sender has the smaller id: it would be the one to offer.
     let (garbler, me, honest) = (
@@ -418,6 +418,16 @@ fn a_link_closed_for_garbage_is_not_set_up_again_and_nobody_is_reported() {
         )),
         "{out:?}"
     );
+    // It is no relay, though: the supervisor hears so (two such reports
+    // demote a relay to a leaf, never cut it out).
+    let unfit: Vec<PeerId> = out
+        .iter()
+        .filter_map(|o| match o {
+            NodeOutput::Supervisor(PeerMessage::ReportLagging { upstream }) => Some(*upstream),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(unfit, vec![garbler]);
     // The transport reports the close; the topology still links us, yet
     // nothing sets the link up again, and its offers are not taken.
     node.handle_link(TransportEvent::Down(garbler), t0);
