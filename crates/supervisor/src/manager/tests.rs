@@ -327,6 +327,30 @@ fn a_liar_that_accuses_its_neighbours_one_by_one_is_cut_out_itself() {
 }
 
 #[test]
+fn a_liar_that_reconnects_under_a_new_peer_id_is_still_one_reporter() {
+    // Found by the lab: a false reporter that was cut out came back as a
+    // new viewer (same key, new peer id) and accused the same honest relay
+    // again, which made two "distinct" reporters and ejected it.
+    let mut f = Fixture::new();
+    let (_, relay, c1, c2) = relay_with_two_children(&mut f, 6);
+    let key = f.m.peers[&c1].key;
+    assert!(f.send(c1, report(relay)).is_empty());
+    f.m.disconnected(c1);
+    let again = PeerId::random();
+    f.m.register(again, ComponentType::Receiver, key).unwrap();
+    f.join(again);
+    let topology = &f.m.streams.values().next().unwrap().topology;
+    assert!(
+        topology.is_linked(again, relay),
+        "the newcomer takes the free place under the relay (or its backup)"
+    );
+    assert!(!cut(&f.send(again, report(relay)), relay));
+    assert!(f.m.peers.contains_key(&relay));
+    // Another identity backs the accusation up: that is two reporters.
+    assert!(cut(&f.send(c2, report(relay)), relay));
+}
+
+#[test]
 fn revoked_keys_are_cut_off_and_their_streams_end() {
     struct Only(KeyFingerprint, ComponentType);
     impl Authorizer for Only {
