@@ -19,7 +19,10 @@
 //! [`REPORT_WINDOW`]: one liar can accuse, never eject (the reporter's own
 //! relay has stopped taking chunks from the accused already). A reporter
 //! counts once per accused, by its key: reconnecting under a new peer id
-//! makes no second reporter, and keeps its accusations. One that accuses [`MAX_LONE_ACCUSATIONS`]
+//! makes no second reporter, and keeps its accusations. Only reports
+//! against a peer that feeds the reporter (parent, backup parent, mesh
+//! neighbour) back an ejection; one against a peer it feeds is only its
+//! own accusation. One that accuses [`MAX_LONE_ACCUSATIONS`]
 //! distinct peers within the window with nobody backing any of it is itself
 //! cut out: honest peers meet a forger rarely, and together.
 
@@ -601,13 +604,25 @@ impl Manager {
             return Vec::new();
         }
         let fresh = |t: &Instant| now.saturating_duration_since(*t) < REPORT_WINDOW;
+        // Only a peer that feeds the reporter (a parent, a backup parent, a
+        // mesh neighbour) can have sent it the stream's chunks: a report
+        // against one it feeds itself backs nobody's ejection — else two
+        // colluding relays eject the honest children they share — and
+        // counts only as the reporter's own accusation.
+        let feeds_reporter = stream.topology.links(from).is_some_and(|l| {
+            l.parents.contains(&upstream)
+                || l.backup_parents.contains(&upstream)
+                || l.neighbours.contains(&upstream)
+        });
         let reports = stream.reports.entry(upstream).or_default();
         reports.retain(|(_, t)| fresh(t));
         if reports.iter().any(|(k, _)| *k == key) {
             return Vec::new(); // once per reporter and accused
         }
-        tracing::warn!(reporter = %from, %upstream, seq, reason, "bad chunk reported");
-        reports.push((key, now));
+        tracing::warn!(reporter = %from, %upstream, seq, reason, feeds_reporter, "bad chunk reported");
+        if feeds_reporter {
+            reports.push((key, now));
+        }
         if reports.len() >= needed {
             let reporters: Vec<KeyFingerprint> = reports.iter().map(|(k, _)| *k).collect();
             stream.reports.remove(&upstream);
