@@ -144,3 +144,28 @@ fn a_gap_flooder_gets_its_replay_budget_and_costs_nobody_their_place() {
     let (rows, log) = attack_run("gap-flood");
     honest_slots_are_never_cut_out_and_play("gap-flood", &rows, &log);
 }
+
+#[test]
+fn attack_flags_that_do_not_fit_together_are_one_line_errors() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(support::lab())
+            .args(["experiment", "--out", "/nonexistent/x", "--receivers", "4"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stderr).trim().to_owned()
+    };
+    assert_eq!(
+        run(&["--attackers", "1"]),
+        "miostream-lab: --attackers needs --attack forge|false-report|garbage|gap-flood"
+    );
+    assert_eq!(
+        run(&["--attack", "forge"]),
+        "miostream-lab: --attack needs --attackers K (K ≥ 1)"
+    );
+    assert!(
+        run(&["--attackers", "4", "--attack", "forge"]).contains("at least one honest receiver")
+    );
+    assert!(run(&["--attackers", "1", "--attack", "sybil"]).contains("unknown attack"));
+}
