@@ -26,6 +26,7 @@ use tokio::process::{Child, Command};
 use tokio::time::{sleep, timeout, Instant};
 use tracing::{debug, warn};
 
+use crate::attack::AttackPlan;
 use crate::hosts::{Host, Net};
 use crate::monitor::Monitor;
 use crate::network::Profile;
@@ -133,6 +134,9 @@ pub struct Settings {
     pub rust_log: Option<String>,
     /// Each process on its own shaped host (`None`: all on loopback).
     pub network: Option<Profile>,
+    /// The first slots run `miostream-attacker` instead (see
+    /// [`crate::attack`]); they join before the others.
+    pub attackers: Option<AttackPlan>,
 }
 
 /// One receiver slot.
@@ -164,6 +168,9 @@ pub struct Cluster {
 /// The stream name the lab broadcasts.
 pub const STREAM: &str = "lab";
 
+/// The lab's malicious receiver binary.
+const ATTACKER: &str = "miostream-attacker";
+
 /// Creates identities that do not exist yet: `keys/b` and `keys/r0..rN`.
 /// They are kept across runs (a sweep generates them once).
 pub async fn ensure_identities(bins: &Bins, keys: &Path, receivers: usize) -> anyhow::Result<()> {
@@ -191,6 +198,12 @@ impl Cluster {
         settings: Settings,
     ) -> anyhow::Result<Self> {
         ensure_identities(bins, keys, settings.receivers).await?;
+        if settings.attackers.is_some() && !bins.path(ATTACKER).is_file() {
+            bail!(
+                "{ATTACKER} not found in {} (it is built with the lab: cargo build --release -p miostream-lab)",
+                bins.dir.display()
+            );
+        }
         let net = match &settings.network {
             Some(profile) => {
                 let (profile, n) = (profile.clone(), settings.receivers);
@@ -367,29 +380,51 @@ impl Cluster {
         self.slots.get(slot).map_or(0, |s| s.cut_outs)
     }
 
-    /// Starts a new receiver process in `slot` (a new viewer).
+    /// Whether `slot` runs a malicious receiver.
+    pub fn is_attacker(&self, slot: usize) -> bool {
+        self.settings
+            .attackers
+            .as_ref()
+            .is_some_and(|a| slot < a.count)
+    }
+
+    /// Starts a new receiver process in `slot` (a new viewer; in an
+    /// attacker's slot, a new attacker).
     pub fn spawn(&mut self, slot: usize) -> anyhow::Result<()> {
         let n = self.slots[slot].incarnations + 1;
         let summary = self.summary_path(slot, n);
         let log = self.dir.join(format!("r{slot}.{n}.log"));
-        let mut c = self.bins.command_on(
-            self.host(slot),
-            "miostream-receiver",
-            &self.settings.rust_log,
-        );
-        c.arg("run")
-            .args(["--supervisor", &self.url, "--stream", STREAM])
+        let attack = self
+            .settings
+            .attackers
+            .clone()
+            .filter(|_| self.is_attacker(slot));
+        let bin = if attack.is_some() {
+            ATTACKER
+        } else {
+            "miostream-receiver"
+        };
+        let mut c = self
+            .bins
+            .command_on(self.host(slot), bin, &self.settings.rust_log);
+        if attack.is_none() {
+            c.arg("run")
+                .args(["--threshold", &self.settings.threshold.to_string()]);
+        }
+        c.args(["--supervisor", &self.url, "--stream", STREAM])
             .arg("--identity")
             .arg(&self.slots[slot].identity)
             .arg("--trust")
             .arg(self.trust())
             .arg("--summary")
             .arg(&summary)
-            .args(["--threshold", &self.settings.threshold.to_string()])
             .args(["--startup-ms", &self.settings.startup_ms.to_string()])
             .stdout(Stdio::null())
             .stderr(log_file(&log)?);
-        if self.settings.record {
+        if let Some(a) = &attack {
+            c.args(["--attack", a.attack.name()])
+                .args(["--attacks-per-sec", &a.rate.to_string()]);
+        } else if self.settings.record {
             c.arg("--out").arg(self.output_path(slot));
         }
         let child = c.spawn().context("cannot start a receiver")?;
@@ -429,18 +464,31 @@ impl Cluster {
     /// The slots in join groups: with `--network`, the slots whose class
     /// joins `first`, then `any`, then `last` (empty groups left out);
     /// otherwise one group of every slot.
+    /// Attackers come first, in a group of their own.
     pub fn join_groups(&self) -> Vec<Vec<usize>> {
-        let Some(net) = &self.net else {
-            return vec![(0..self.len()).collect()];
-        };
-        let mut groups: Vec<(crate::network::Join, Vec<usize>)> = Vec::new();
-        for (slot, h) in net.receivers.iter().enumerate() {
-            match groups.last_mut() {
-                Some((j, g)) if *j == h.class.join => g.push(slot),
-                _ => groups.push((h.class.join, vec![slot])),
+        let attackers: Vec<usize> = (0..self.len()).filter(|&s| self.is_attacker(s)).collect();
+        let mut groups: Vec<Vec<usize>> = match &self.net {
+            None => vec![(0..self.len()).collect()],
+            Some(net) => {
+                let mut groups: Vec<(crate::network::Join, Vec<usize>)> = Vec::new();
+                for (slot, h) in net.receivers.iter().enumerate() {
+                    match groups.last_mut() {
+                        Some((j, g)) if *j == h.class.join => g.push(slot),
+                        _ => groups.push((h.class.join, vec![slot])),
+                    }
+                }
+                groups.into_iter().map(|(_, g)| g).collect()
             }
+        };
+        if attackers.is_empty() {
+            return groups;
         }
-        groups.into_iter().map(|(_, g)| g).collect()
+        for g in &mut groups {
+            g.retain(|s| !attackers.contains(s));
+        }
+        groups.retain(|g| !g.is_empty());
+        groups.insert(0, attackers);
+        groups
     }
 
     /// Starts every slot's first receiver in join order: each join group
@@ -467,8 +515,14 @@ impl Cluster {
                     bail!("interrupted");
                 }
                 self.healthy()?;
-                if let Some((slot, why)) = self.exited().into_iter().next() {
-                    bail!("receiver {slot} exited while joining: {why}");
+                for (slot, why) in self.exited() {
+                    if !self.is_attacker(slot) {
+                        bail!("receiver {slot} exited while joining: {why}");
+                    }
+                    say(&format!(
+                        "  attacker {slot} exited while joining: {why}; a new one takes its place"
+                    ));
+                    self.spawn(slot)?;
                 }
                 let joined = group
                     .iter()
@@ -486,6 +540,14 @@ impl Cluster {
                         group.len()
                     );
                 }
+            }
+            if group.iter().all(|&s| self.is_attacker(s)) {
+                say(&format!(
+                    "  {} attacker(s) joined first ({:.1} s); starting the others",
+                    group.len(),
+                    started.elapsed().as_secs_f64()
+                ));
+                continue;
             }
             let mut classes: Vec<String> = group
                 .iter()
@@ -657,15 +719,17 @@ pub fn read_summary(path: &Path) -> Option<Summary> {
 }
 
 /// Whether a receiver's log (its stderr) ends with the supervisor cutting
-/// it out: the binary's final error line (`miostream-receiver: ...`, printed
+/// it out: the binary's final error line (`miostream-receiver: ...` or
+/// `miostream-attacker: ...`, printed
 /// once at a failed exit) names a `Misbehaving` close, e.g.
 /// "supervisor closed the session: 3 chunks you relayed failed verification
 /// (Misbehaving)". Returns that reason.
 pub fn cut_out_reason(log: &str) -> Option<String> {
-    let last = log
-        .lines()
-        .rev()
-        .find_map(|l| l.trim().strip_prefix("miostream-receiver: "))?;
+    let last = log.lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.strip_prefix("miostream-receiver: ")
+            .or_else(|| l.strip_prefix("miostream-attacker: "))
+    })?;
     (last.contains("(Misbehaving)") || last.contains("chunks you relayed failed verification"))
         .then(|| last.to_owned())
 }

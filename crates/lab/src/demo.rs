@@ -69,6 +69,7 @@ pub async fn run(
         record: true,
         rust_log: crate::cluster::child_log(),
         network: demo.network.clone(),
+        attackers: None,
     };
     eprintln!(
         "== supervisor, broadcaster and {} receivers ({}, {}{}) in {}",

@@ -22,6 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::watch;
 use tokio::time::{interval, Instant, MissedTickBehavior};
 
+use crate::attack::AttackPlan;
 use crate::cluster::{Bins, Cluster, Settings, STREAM};
 use crate::hosts::Bytes;
 use crate::network::{HostClass, Profile};
@@ -52,6 +53,8 @@ pub struct Experiment {
     pub startup_ms: u64,
     /// Each process on its own shaped host (`None`: loopback).
     pub network: Option<Profile>,
+    /// Malicious receivers (`--attackers K --attack KIND`).
+    pub attackers: Option<AttackPlan>,
 }
 
 impl Experiment {
@@ -131,14 +134,17 @@ pub struct Row {
     /// Times the supervisor cut this slot out (its receiver exited with a
     /// `Misbehaving` refusal).
     pub cut_out: u32,
+    /// The slot ran a malicious receiver (`attacker` = 1).
+    pub attacker: bool,
 }
 
 /// The CSV header of [`Row`]s.
-pub const CSV_HEADER: &str = "topology,distribution,rate,seed,receivers,duration_s,threshold,integrity,receiver,incarnations,stalls,stall_ms,played_ms,goodput_bps,latency_ms_p50,latency_ms_p99,chunks_received,chunks_verified,chunks_rejected,chunks_lost,parent_changes,network,bytes_sent,bytes_received_wire,offload,cut_out";
+pub const CSV_HEADER: &str = "topology,distribution,rate,seed,receivers,duration_s,threshold,integrity,receiver,incarnations,stalls,stall_ms,played_ms,goodput_bps,latency_ms_p50,latency_ms_p99,chunks_received,chunks_verified,chunks_rejected,chunks_lost,parent_changes,network,bytes_sent,bytes_received_wire,offload,cut_out,attacker";
 
 /// The column counts of older `results.csv` files, which still read (the
-/// newer cells empty): before the network columns, and before `cut_out`.
-const CSV_HEADER_OLD_LENS: [usize; 2] = [21, 25];
+/// newer cells empty): before the network columns, before `cut_out`, and
+/// before `attacker`.
+const CSV_HEADER_OLD_LENS: [usize; 3] = [21, 25, 26];
 
 /// The CSV header of `hosts.csv`: one row per host per run (with
 /// `--network`): the run's key, then the host's role (`supervisor`,
@@ -229,7 +235,7 @@ impl Row {
             opt(self.bytes_received_wire),
             self.offload.map_or(String::new(), |o| format!("{o:.4}"))
         );
-        let _ = write!(s, ",{}", self.cut_out);
+        let _ = write!(s, ",{},{}", self.cut_out, u8::from(self.attacker));
         s
     }
 }
@@ -316,6 +322,7 @@ pub async fn run(
         record: false,
         rust_log: crate::cluster::child_log(),
         network: e.network.clone(),
+        attackers: e.attackers.clone(),
     };
     let mut cluster = Cluster::start(bins, work, keys, settings).await?;
     let outcome = measure(&mut cluster, e, failures_csv, stop, quiet).await;
@@ -344,6 +351,7 @@ pub async fn run(
                 qos,
                 offload: None,
                 cut_out: cluster.cut_outs(slot),
+                attacker: cluster.is_attacker(slot),
             }
         })
         .collect();
@@ -430,8 +438,21 @@ pub fn run_table(key: &RunKey, results: &[Vec<String>], hosts: &[Vec<String>]) -
     for row in results.iter().filter(|r| mine(r, &col)) {
         let slot = cell(row, col("receiver")).unwrap_or_default();
         let h = host_of("receiver", Some(&slot));
+        let attacker = cell(row, col("attacker")).as_deref() == Some("1");
+        let cut = num(row, "cut_out").unwrap_or(0.0) as u64;
+        let mut notes = Vec::new();
+        if attacker {
+            notes.push("attacker".to_string());
+        }
+        if cut > 0 {
+            notes.push(format!("cut out {cut}"));
+        }
         lines.push(HostLine {
-            host: format!("r{slot}"),
+            host: if notes.is_empty() {
+                format!("r{slot}")
+            } else {
+                format!("r{slot} ({})", notes.join(", "))
+            },
             class: h
                 .and_then(|h| cell(h, hcol("class")))
                 .unwrap_or_else(|| "loopback".into()),
@@ -479,27 +500,44 @@ async fn measure(
             bail!("interrupted");
         }
         cluster.healthy()?;
-        if let Some((slot, why)) = cluster.exited().into_iter().next() {
-            bail!("receiver {slot} exited while joining: {why}");
+        for (slot, why) in cluster.exited() {
+            // An attacker may be cut out before everyone plays: a new one
+            // takes its place. An honest receiver must not fail.
+            if !cluster.is_attacker(slot) {
+                bail!("receiver {slot} exited while joining: {why}");
+            }
+            say(quiet, &format!("  attacker {slot} exited while the others joined: {why}; a new one takes its place"));
+            cluster.spawn(slot)?;
         }
-        let playing = (0..cluster.len())
-            .filter(|&s| cluster.live(s).is_some_and(|q| q.playing()))
+        let honest: Vec<usize> = (0..cluster.len())
+            .filter(|&s| !cluster.is_attacker(s))
+            .collect();
+        let playing = honest
+            .iter()
+            .filter(|&&s| cluster.live(s).is_some_and(|q| q.playing()))
             .count();
-        if playing == cluster.len() {
+        if playing == honest.len() {
             break;
         }
         if started.elapsed() > warmup {
             bail!(
-                "only {playing} of {} receivers were playing after {warmup:?}",
-                cluster.len()
+                "only {playing} of {} honest receivers were playing after {warmup:?}",
+                honest.len()
             );
         }
     }
+    let attackers = e.attackers.as_ref().map_or(String::new(), |a| {
+        format!(
+            " (and {} attacker(s): {} at {}/s)",
+            a.count, a.attack, a.rate
+        )
+    });
     say(
         quiet,
         &format!(
-            "  all {} receivers playing after {:.1} s; measuring {} s",
-            cluster.len(),
+            "  all {} {}receivers playing after {:.1} s{attackers}; measuring {} s",
+            cluster.len() - e.attackers.as_ref().map_or(0, |a| a.count),
+            if e.attackers.is_some() { "honest " } else { "" },
             started.elapsed().as_secs_f64(),
             e.duration.as_secs()
         ),
@@ -528,7 +566,8 @@ async fn measure(
             _ = watch_tick.tick() => {
                 cluster.healthy()?;
                 for (slot, why) in cluster.exited() {
-                    say(quiet, &format!("  receiver {slot} exited on its own: {why}; a new viewer takes its place"));
+                    let who = if cluster.is_attacker(slot) { "attacker" } else { "receiver" };
+                    say(quiet, &format!("  {who} {slot} exited on its own: {why}; a new viewer takes its place"));
                     crashed.push((slot, why));
                     cluster.spawn(slot)?;
                 }
@@ -696,6 +735,7 @@ mod tests {
             input: "x.webm".into(),
             startup_ms: 2000,
             network: None,
+            attackers: None,
         };
         let row = Row {
             experiment: e.clone(),
@@ -709,6 +749,7 @@ mod tests {
             bytes_received_wire: None,
             offload: None,
             cut_out: 0,
+            attacker: false,
         };
         let csv = row.csv();
         assert_eq!(csv.split(',').count(), CSV_HEADER.split(',').count());
@@ -724,7 +765,7 @@ mod tests {
             idle.csv().starts_with("tree,none,0,"),
             "no failures, no distribution"
         );
-        assert!(csv.ends_with(",loopback,,,,0"), "no wire counters: {csv}");
+        assert!(csv.ends_with(",loopback,,,,0,0"), "no wire counters: {csv}");
         let shaped = Row {
             experiment: Experiment {
                 network: Some(crate::network::OFFICE),
@@ -734,10 +775,11 @@ mod tests {
             bytes_received_wire: Some(3_000_000),
             offload: Some(0.625),
             cut_out: 2,
+            attacker: true,
             ..idle.clone()
         };
         assert!(
-            shaped.csv().ends_with(",office,1500000,3000000,0.6250,2"),
+            shaped.csv().ends_with(",office,1500000,3000000,0.6250,2,1"),
             "{}",
             shaped.csv()
         );
@@ -757,6 +799,7 @@ mod tests {
             input: "x.webm".into(),
             startup_ms: 2000,
             network: Some(crate::network::OFFICE),
+            attackers: None,
         };
         let split = |s: String| s.split(',').map(str::to_owned).collect::<Vec<_>>();
         let results: Vec<Vec<String>> = (0..2)
@@ -772,7 +815,8 @@ mod tests {
                         bytes_sent: Some(1000 * slot as u64),
                         bytes_received_wire: Some(2000),
                         offload: Some(0.5),
-                        cut_out: 0,
+                        cut_out: u32::from(slot == 1),
+                        attacker: slot == 1,
                     }
                     .csv(),
                 )
@@ -803,9 +847,9 @@ mod tests {
             t.starts_with("== office network, tree, 0 failures/s (none)"),
             "{t}"
         );
-        assert!(t.contains("r0           wifi"), "{t}");
-        assert!(t.contains("r1           wired"), "{t}");
-        assert!(t.contains("broadcaster  server"), "{t}");
+        assert!(t.contains("\nr0                        wifi"), "{t}");
+        assert!(t.contains("r1 (attacker, cut out 1)  wired"), "{t}");
+        assert!(t.contains("broadcaster               server"), "{t}");
         assert!(t.contains("42.0"), "{t}");
         assert!(t.contains("offload 0.500"), "{t}");
         let other = Experiment { seed: 2, ..e };
@@ -816,13 +860,15 @@ mod tests {
     fn older_results_files_read_with_the_newer_cells_empty() {
         let columns: Vec<&str> = CSV_HEADER.split(',').collect();
         let row = |n: usize| vec!["1"; n].join(",");
-        for n in [21, 25, columns.len()] {
+        for n in [21, 25, 26, columns.len()] {
             let text = format!("{}\n{}\n\n{}\n", columns[..n].join(","), row(n), row(n));
             let rows = parse_results(&text).unwrap();
             assert_eq!(rows.len(), 2, "{n} columns");
             assert!(rows.iter().all(|r| r.len() == columns.len()), "{n} columns");
             let cut = columns.iter().position(|c| *c == "cut_out").unwrap();
-            assert_eq!(rows[0][cut], if n == columns.len() { "1" } else { "" });
+            assert_eq!(rows[0][cut], if n >= 26 { "1" } else { "" });
+            let attacker = columns.iter().position(|c| *c == "attacker").unwrap();
+            assert_eq!(rows[0][attacker], if n == columns.len() { "1" } else { "" });
         }
         assert!(parse_results("topology,rate\n1,2\n").is_err());
         assert!(parse_results("").is_err());

@@ -25,7 +25,8 @@ pub struct Point {
     pub rate: f64,
     /// Verification threshold.
     pub threshold: f64,
-    /// Receiver rows behind the point.
+    /// Receiver rows behind the point (the honest ones, when a run had
+    /// attackers).
     pub peers: usize,
     /// Average stalled time per peer (ms).
     pub stall_ms: f64,
@@ -40,6 +41,11 @@ pub struct Point {
     /// Times a receiver was cut out by the supervisor, all rows together
     /// (files from before `cut_out`: 0).
     pub cut_out: u64,
+    /// Rows of malicious receivers (`attacker` = 1). The averages above
+    /// are over the honest rows only, when there are any.
+    pub attackers: usize,
+    /// Of [`Point::cut_out`], the attackers' slots.
+    pub attackers_cut_out: u64,
 }
 
 fn column(name: &str) -> usize {
@@ -82,7 +88,23 @@ pub fn aggregate(rows: &[Vec<String>]) -> anyhow::Result<Vec<Point>> {
         groups.entry(key).or_default().push(row);
     }
     let mut points = Vec::new();
-    for ((network, topology, distribution, rate, threshold), rows) in groups {
+    for ((network, topology, distribution, rate, threshold), all) in groups {
+        let is_attacker = |r: &Vec<String>| r.get(column("attacker")).is_some_and(|c| c == "1");
+        let cut_out = |rows: &[&Vec<String>]| -> anyhow::Result<u64> {
+            rows.iter()
+                .map(|r| {
+                    let cell = r.get(column("cut_out")).map_or("", String::as_str);
+                    if cell.is_empty() {
+                        return Ok(0);
+                    }
+                    cell.parse::<u64>()
+                        .with_context(|| format!("cut_out = {cell:?} is not a count"))
+                })
+                .sum()
+        };
+        let attackers: Vec<&Vec<String>> = all.iter().copied().filter(|r| is_attacker(r)).collect();
+        let honest: Vec<&Vec<String>> = all.iter().copied().filter(|r| !is_attacker(r)).collect();
+        let rows = if honest.is_empty() { &all } else { &honest };
         let n = rows.len() as f64;
         let total = |name: &str| -> anyhow::Result<f64> {
             rows.iter()
@@ -106,17 +128,9 @@ pub fn aggregate(rows: &[Vec<String>]) -> anyhow::Result<Vec<Point>> {
                 0.0
             },
             lost: total("chunks_lost")? / n,
-            cut_out: rows
-                .iter()
-                .map(|r| {
-                    let cell = r.get(column("cut_out")).map_or("", String::as_str);
-                    if cell.is_empty() {
-                        return Ok(0);
-                    }
-                    cell.parse::<u64>()
-                        .with_context(|| format!("cut_out = {cell:?} is not a count"))
-                })
-                .sum::<anyhow::Result<u64>>()?,
+            cut_out: cut_out(&all)?,
+            attackers: attackers.len(),
+            attackers_cut_out: cut_out(&attackers)?,
         });
     }
     Ok(points)

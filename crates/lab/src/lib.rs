@@ -2,6 +2,8 @@
 //! experiments (§4), run on this machine with the real binaries — a
 //! supervisor, a broadcaster and receiver processes over real WebRTC.
 //!
+//! - [`attack`]: the malicious receivers' attacks (pure; the
+//!   `miostream-attacker` binary drives them);
 //! - [`cluster`]: the deployment (processes, identities, summaries; IO);
 //! - [`qos`]: receivers' summaries and the arithmetic over them (pure);
 //! - [`experiment`]: one run with failures injected at a rate, chosen by a
@@ -13,6 +15,7 @@
 //! - [`hosts`]: the shaped hosts a profile becomes (namespaces; IO);
 //! - [`simulate`]: the same experiments in virtual time (`miostream-sim`).
 
+pub mod attack;
 pub mod cluster;
 pub mod demo;
 pub mod experiment;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use miostream_lab::attack::{Attack, AttackPlan};
 use miostream_lab::cluster::Bins;
 use miostream_lab::demo::{self, Demo};
 use miostream_lab::experiment::Experiment;
@@ -123,6 +124,16 @@ enum Command {
         /// Sweep: networks (profiles as for --network; `loopback` for none).
         #[arg(long, value_delimiter = ',', value_name = "PROFILES")]
         networks: Vec<String>,
+        /// Malicious receivers: the first K slots run the lab's attacker
+        /// (they join first, so in a tree they are relays).
+        #[arg(long, default_value_t = 0, value_name = "K")]
+        attackers: usize,
+        /// What the attackers do: forge, false-report, garbage or gap-flood.
+        #[arg(long)]
+        attack: Option<Attack>,
+        /// Attacks per second, per attacker.
+        #[arg(long, default_value_t = miostream_lab::attack::DEFAULT_RATE, value_name = "R")]
+        attacks_per_sec: f64,
     },
     /// The experiment (or `--sweep`) in virtual time: the real supervisor
     /// Manager and node cores over a simulated network, seeded and
@@ -340,10 +351,33 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             keep_runs,
             network: network_arg,
             networks: networks_arg,
+            attackers,
+            attack,
+            attacks_per_sec,
         } => {
             if receivers == 0 {
                 bail!("--receivers must be at least 1");
             }
+            let attackers = match (attackers, attack) {
+                (0, None) => None,
+                (0, Some(_)) => bail!("--attack needs --attackers K (K ≥ 1)"),
+                (_, None) => {
+                    bail!("--attackers needs --attack forge|false-report|garbage|gap-flood")
+                }
+                (k, Some(_)) if k >= receivers => {
+                    bail!("--attackers must leave at least one honest receiver (--receivers {receivers})")
+                }
+                (count, Some(attack)) => {
+                    if !(attacks_per_sec > 0.0 && attacks_per_sec <= 1000.0) {
+                        bail!("--attacks-per-sec must be above 0 and at most 1000");
+                    }
+                    Some(AttackPlan {
+                        count,
+                        attack,
+                        rate: attacks_per_sec,
+                    })
+                }
+            };
             if !(0.0..=1000.0).contains(&failures_per_sec)
                 || rates.iter().any(|r| !(0.0..=1000.0).contains(r))
             {
@@ -385,6 +419,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 input: input_file(input)?,
                 startup_ms,
                 network: networks[0].clone(),
+                attackers,
             };
             let runs = if is_sweep {
                 sweep::plan(
@@ -479,6 +514,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 input: default_input(),
                 startup_ms,
                 network: networks[0].clone(),
+                attackers: None,
             };
             let runs = if is_sweep {
                 // Verification is not simulated: no threshold runs.

@@ -142,6 +142,7 @@ pub fn rows(e: &Experiment, out: &SimOutcome) -> (Vec<Row>, Vec<HostRow>) {
             bytes_received_wire: Some(r.wire_received),
             offload,
             cut_out: r.cut_out,
+            attacker: false,
         })
         .collect();
     let mut hosts = Vec::new();

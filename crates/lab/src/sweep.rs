@@ -201,15 +201,23 @@ pub async fn run(
                 && (e.rate == 0.0 || p.distribution == e.distribution.to_string())
         }) {
             eprintln!(
-                "  {} failures injected{}; per peer: {:.0} ms stalled, {:.2} stalls, {:.2} Mbit/s, {:.1} chunks lost; {:.3} % of play stalled; {} cut out by the supervisor{}",
+                "  {} failures injected{}; per {}peer: {:.0} ms stalled, {:.2} stalls, {:.2} Mbit/s, {:.1} chunks lost; {:.3} % of play stalled; {} cut out by the supervisor{}{}",
                 outcome.failures,
                 if outcome.failures > 0 && !outcome.by_overlay_order { " (by join order: no monitor)" } else { "" },
+                if e.attackers.is_some() { "honest " } else { "" },
                 p.stall_ms,
                 p.stalls,
                 p.goodput_bps / 1e6,
                 p.lost,
                 p.stalled_pct,
                 outcome.rows.iter().map(|r| r.cut_out).sum::<u32>(),
+                e.attackers.as_ref().map_or(String::new(), |a| format!(
+                    " ({} of them the {} {} attacker(s), {} honest)",
+                    outcome.rows.iter().filter(|r| r.attacker).map(|r| r.cut_out).sum::<u32>(),
+                    a.count,
+                    a.attack,
+                    outcome.rows.iter().filter(|r| !r.attacker).map(|r| r.cut_out).sum::<u32>(),
+                )),
                 if outcome.crashed.is_empty() {
                     String::new()
                 } else {
@@ -312,6 +320,26 @@ pub fn report_text(points: &[Point]) -> String {
             p.network
         );
     }
+    let attacked: Vec<&Point> = points.iter().filter(|p| p.attackers > 0).collect();
+    if !attacked.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nwith attackers (the figures above are the honest peers'):"
+        );
+        for p in attacked {
+            let _ = writeln!(
+                s,
+                "{:<6} {:<9} {:>5} {:>9}  {} attacker row(s), cut out {} time(s); honest peers cut out {} time(s)",
+                p.topology,
+                p.distribution,
+                p.rate,
+                p.threshold,
+                p.attackers,
+                p.attackers_cut_out,
+                p.cut_out - p.attackers_cut_out
+            );
+        }
+    }
     // The paper's numbers are beside ours on loopback; without loopback
     // runs, beside the first network's.
     let network = points
@@ -366,6 +394,7 @@ mod tests {
             input: "a.webm".into(),
             startup_ms: 2000,
             network: None,
+            attackers: None,
         }
     }
 
@@ -420,6 +449,8 @@ mod tests {
             stalled_pct: 0.0,
             lost: 0.0,
             cut_out: 0,
+            attackers: 0,
+            attackers_cut_out: 0,
         };
         let text = report_text(&[p("tree", 0.0, 0.0), p("tree", 5.0, 12.0)]);
         assert!(

@@ -203,13 +203,14 @@ fn an_office_experiment_records_the_profile_and_wire_bytes_and_leaves_no_namespa
     let header: Vec<&str> = results.lines().next().unwrap().split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
     assert_eq!(
-        &header[header.len() - 5..],
+        &header[header.len() - 6..],
         [
             "network",
             "bytes_sent",
             "bytes_received_wire",
             "offload",
-            "cut_out"
+            "cut_out",
+            "attacker"
         ]
     );
     let rows: Vec<Vec<&str>> = results

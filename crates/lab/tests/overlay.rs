@@ -113,7 +113,11 @@ fn slow_hosts_that_join_first_are_leaves_no_honest_relay_is_cut_out_and_a_killed
     assert!(run.ok, "experiment failed:\n{}\n{}", run.stdout, run.stderr);
 
     let (header, rows) = csv(&out.join("results.csv"));
-    assert_eq!(header.last().map(String::as_str), Some("cut_out"));
+    assert_eq!(
+        header[header.len() - 2..].join(","),
+        "cut_out,attacker",
+        "results.csv ends with cut_out and attacker"
+    );
     assert_eq!(rows.len(), 6, "one row per receiver");
     let (hheader, hosts) = csv(&out.join("hosts.csv"));
     let host = |slot: &str| {

@@ -316,7 +316,12 @@ impl NodeCore {
                 }
             }
             SupervisorMessage::Signal { from, payload } => {
-                self.transport(TransportCommand::Signal { from, payload });
+                if self.relay.as_ref().is_some_and(|r| r.is_shunned(&from)) {
+                    // Its offers would only bring up a link we close at once.
+                    debug!(%from, "signal from a peer that sent garbage: dropped");
+                } else {
+                    self.transport(TransportCommand::Signal { from, payload });
+                }
             }
             SupervisorMessage::StreamEnded { reason, .. } => {
                 if self.ending.is_none() {
@@ -378,7 +383,11 @@ impl NodeCore {
             }
             TransportEvent::Down(peer) => {
                 debug!(%peer, "link down");
-                if self.linked.contains(&peer) && !self.reopen.iter().any(|(_, p)| *p == peer) {
+                let shunned = self.relay.as_ref().is_some_and(|r| r.is_shunned(&peer));
+                if self.linked.contains(&peer)
+                    && !shunned
+                    && !self.reopen.iter().any(|(_, p)| *p == peer)
+                {
                     self.reopen.push((now + REOPEN_DELAY, peer));
                 }
                 if let Some(r) = self.relay.as_mut() {
@@ -453,7 +462,8 @@ impl NodeCore {
                 .collect();
             self.reopen.retain(|(t, _)| *t > now);
             for peer in due {
-                if self.linked.contains(&peer) {
+                let shunned = self.relay.as_ref().is_some_and(|r| r.is_shunned(&peer));
+                if self.linked.contains(&peer) && !shunned {
                     let initiator = self.me < peer;
                     self.transport(TransportCommand::Open { peer, initiator });
                 }
@@ -606,7 +616,17 @@ impl NodeCore {
                     NodeOutput::Supervisor(PeerMessage::ReportLagging { upstream: peer })
                 }
                 RelayOutput::Garbage { peer, reason } => {
+                    // Never a bad-chunk report: garbage is no evidence of
+                    // forgery. But a peer whose links close is no relay:
+                    // reported as unfit to feed (REPORT_LAGGING), which
+                    // demotes it to a leaf when two peers say so, and never
+                    // cuts it out. The link stays closed while the topology
+                    // links us.
                     warn!(%peer, "closing a link that sends garbage: {reason}");
+                    self.out
+                        .push_back(NodeOutput::Supervisor(PeerMessage::ReportLagging {
+                            upstream: peer,
+                        }));
                     NodeOutput::Transport(TransportCommand::Close { peer })
                 }
                 RelayOutput::LinkDead { peer } => {

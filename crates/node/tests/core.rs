@@ -413,3 +413,84 @@ fn a_full_player_queue_skips_to_the_next_keyframe_cluster() {
     assert_eq!(queued, vec!["d0", "s1+3", "d4", "d5"]);
     assert!(!gate.is_skipping());
 }
+
+#[test]
+fn a_link_closed_for_garbage_is_not_set_up_again_and_never_reported_as_forgery() {
+    let t0 = Instant::now();
+    // The garbage sender has the smaller id: it would be the one to offer.
+    let (garbler, me, honest) = (
+        PeerId::from_u128(1),
+        PeerId::from_u128(5),
+        PeerId::from_u128(9),
+    );
+    let mut node = joined_receiver(me, honest, t0);
+    let links = Links {
+        parents: vec![honest],
+        children: vec![garbler],
+        ..Links::default()
+    };
+    node.handle_supervisor(
+        SupervisorMessage::Reconfigure {
+            stream: STREAM,
+            epoch: 2,
+            links: links.clone(),
+        },
+        t0,
+    );
+    node.handle_link(TransportEvent::Up(honest), t0);
+    node.handle_link(TransportEvent::Up(garbler), t0);
+    drain(&mut node);
+    let mut out = Vec::new();
+    for i in 0..miostream_relay::GARBAGE_ALLOWANCE {
+        node.handle_link(
+            TransportEvent::Frame(garbler, Bytes::from(vec![0xba, 0xd0, i as u8])),
+            t0,
+        );
+        out.extend(drain(&mut node));
+    }
+    assert_eq!(closes(&out), vec![garbler]);
+    assert!(
+        !out.iter().any(|o| matches!(
+            o,
+            NodeOutput::Supervisor(PeerMessage::ReportBadChunk { .. })
+        )),
+        "{out:?}"
+    );
+    // It is no relay, though: the supervisor hears so (two such reports
+    // demote a relay to a leaf, never cut it out).
+    let unfit: Vec<PeerId> = out
+        .iter()
+        .filter_map(|o| match o {
+            NodeOutput::Supervisor(PeerMessage::ReportLagging { upstream }) => Some(*upstream),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(unfit, vec![garbler]);
+    // The transport reports the close; the topology still links us, yet
+    // nothing sets the link up again, and its offers are not taken.
+    node.handle_link(TransportEvent::Down(garbler), t0);
+    let offer = SupervisorMessage::Signal {
+        from: garbler,
+        payload: miostream_protocol::signal::SignalPayload::Offer { sdp: "v=0".into() },
+    };
+    node.handle_supervisor(offer, t0 + REOPEN_DELAY);
+    let mut out: Vec<NodeOutput> = drain(&mut node);
+    out.extend(
+        run(&mut node, t0, t0 + REOPEN_DELAY * 5)
+            .into_iter()
+            .map(|(_, o)| o),
+    );
+    assert!(opens(&out).is_empty(), "{out:?}");
+    assert!(!out
+        .iter()
+        .any(|o| matches!(o, NodeOutput::Transport(TransportCommand::Signal { .. }))));
+    // The honest parent's link stays: its signaling still goes through.
+    let offer = SupervisorMessage::Signal {
+        from: honest,
+        payload: miostream_protocol::signal::SignalPayload::Offer { sdp: "v=0".into() },
+    };
+    node.handle_supervisor(offer, t0 + REOPEN_DELAY * 5);
+    assert!(drain(&mut node)
+        .iter()
+        .any(|o| matches!(o, NodeOutput::Transport(TransportCommand::Signal { .. }))));
+}

@@ -183,8 +183,9 @@ pub enum Output {
         /// How many.
         count: u64,
     },
-    /// A chunk from `from` failed a cryptographic check (or belongs to
-    /// another stream): report its sender.
+    /// A well-formed chunk of this stream from `from` failed a
+    /// cryptographic check on a sequence number not accepted yet (or a
+    /// differing copy of an accepted one failed it): report its sender.
     Rejected {
         /// The peer that sent it.
         from: PeerId,
@@ -193,10 +194,12 @@ pub enum Output {
         /// Why.
         reason: String,
     },
-    /// The link to `peer` carried frames that are not ours to read
-    /// (undecodable, or control frames of another stream) past a small
-    /// allowance: the driver should close it. Garbage is never reported as
-    /// forgery.
+    /// The link to `peer` carried [`GARBAGE_ALLOWANCE`] frames that are
+    /// not ours to read (undecodable, oversized, truncated, chunks or
+    /// control frames of another stream), or came up again after that: the
+    /// relay has dropped it already, the driver should close it and not
+    /// set it up again while [`Relay::is_shunned`] says so. Garbage is
+    /// never reported as forgery.
     Garbage {
         /// The sender.
         peer: PeerId,

@@ -18,8 +18,9 @@ use crate::{Output, Refusal, RelayConfig, Verify};
 const UNREACHABLE: u16 = u16::MAX;
 /// Depths at or beyond this count as unreachable (ends count-to-infinity).
 const MAX_DEPTH: u16 = 64;
-/// Frames a link may carry that are not ours to read (undecodable, or
-/// control frames of another stream) before it is closed as garbage.
+/// Frames a link may carry that are not ours to read (undecodable,
+/// oversized, truncated, chunks or control frames of another stream): at
+/// this many it is closed as garbage.
 pub const GARBAGE_ALLOWANCE: u32 = 3;
 /// Heartbeats to a peer that only ever feeds us (our parent or backup
 /// parent) go out every this many intervals: it has no use for a fast
@@ -64,8 +65,11 @@ pub struct RelayStats {
     /// Times a link fell silent past its timeout (and stopped being an
     /// upstream until heard again).
     pub silent_links: u64,
-    /// Frames that were not ours to read (undecodable, foreign control frames).
+    /// Frames that were not ours to read (undecodable, oversized, truncated,
+    /// chunks or control frames of another stream).
     pub garbage: u64,
+    /// Links closed because they carried [`GARBAGE_ALLOWANCE`] such frames.
+    pub garbage_links: u64,
     /// Upstreams dropped because their copies came later than the others' by
     /// more than [`RelayConfig::max_lag`].
     pub lagging_upstreams: u64,
@@ -219,6 +223,10 @@ pub struct Relay<V> {
     /// supervisor decides whether they go; until then holes are filled
     /// from others). Only linked peers are kept.
     distrusted: HashSet<PeerId>,
+    /// Peers whose link we closed for sending garbage: their link is not
+    /// taken up again while the topology keeps them linked to us (only
+    /// linked peers are kept; an unlinked and relinked peer starts afresh).
+    shunned: HashSet<PeerId>,
     /// When each recent sequence number first arrived.
     arrivals: VecDeque<(u64, Instant)>,
     /// When we last asked for the init segment we lack.
@@ -277,6 +285,7 @@ impl<V: Verify> Relay<V> {
             liveness_grace: None,
             lagging: HashMap::new(),
             distrusted: HashSet::new(),
+            shunned: HashSet::new(),
             arrivals: VecDeque::new(),
             init_asked: None,
             gap_history: HashMap::new(),
@@ -354,6 +363,7 @@ impl<V: Verify> Relay<V> {
         }
         self.retiring.retain(|p, _| !linked.contains(p));
         self.distrusted.retain(|p| linked.contains(p));
+        self.shunned.retain(|p| linked.contains(p));
         let keep = |p: &PeerId| linked.contains(p) || self.retiring.contains_key(p);
         self.subscribers.retain(keep);
         self.upstreams.retain(keep);
@@ -364,6 +374,13 @@ impl<V: Verify> Relay<V> {
     /// Whether the link to `peer` is up.
     pub fn is_up(&self, peer: &PeerId) -> bool {
         self.up.contains_key(peer)
+    }
+
+    /// Whether we closed the link to `peer` for sending garbage: the driver
+    /// should neither set it up again nor accept its offers while the
+    /// topology links us (a fresh link would be closed at once).
+    pub fn is_shunned(&self, peer: &PeerId) -> bool {
+        self.shunned.contains(peer)
     }
 
     /// Peers the topology removed whose links carry nothing for us any more.
@@ -382,6 +399,13 @@ impl<V: Verify> Relay<V> {
 
     /// The data channel to `peer` opened.
     pub fn link_up(&mut self, peer: PeerId, now: Instant) {
+        if self.shunned.contains(&peer) {
+            self.out.push_back(Output::Garbage {
+                peer,
+                reason: "its last link was closed for garbage".into(),
+            });
+            return;
+        }
         // A link that comes up (again) starts fresh on both sides: the peer
         // may have forgotten our subscription, and we theirs.
         self.subscribers.remove(&peer);
@@ -447,7 +471,7 @@ impl<V: Verify> Relay<V> {
         let decoded = match FrameRef::decode(&frame) {
             Ok(f) => f,
             Err(e) => {
-                self.garbage(from, e.to_string());
+                self.garbage(from, e.to_string(), now);
                 return;
             }
         };
@@ -464,9 +488,10 @@ impl<V: Verify> Relay<V> {
                 link.renewed = false;
                 let header = chunk.header;
                 if header.stream != self.stream {
-                    self.reject(
+                    // Not a chunk of ours at all, so not a failed check of
+                    // one: garbage, never a report.
+                    self.garbage(
                         from,
-                        header.seq,
                         format!("chunk of {:?}, not {:?}", header.stream, self.stream),
                         now,
                     );
@@ -550,7 +575,7 @@ impl<V: Verify> Relay<V> {
             FrameRef::Subscribe { .. }
             | FrameRef::Unsubscribe { .. }
             | FrameRef::GapRequest { .. } => {
-                self.garbage(from, "control frame for another stream".into());
+                self.garbage(from, "control frame for another stream".into(), now);
             }
         }
     }
@@ -809,15 +834,22 @@ impl<V: Verify> Relay<V> {
         }
     }
 
-    /// A frame from `from` that is not ours to read: counted, and past
-    /// [`GARBAGE_ALLOWANCE`] the link goes.
-    fn garbage(&mut self, from: PeerId, reason: String) {
+    /// A frame from `from` that is not ours to read: counted, and at
+    /// [`GARBAGE_ALLOWANCE`] the link goes — at once here (nothing more
+    /// it sends is read, it is nobody's upstream any more), and the driver
+    /// is told to close it. Never a report: the supervisor ejects on
+    /// failed checks of well-formed chunks of this stream only.
+    fn garbage(&mut self, from: PeerId, reason: String, now: Instant) {
         self.stats.garbage += 1;
-        if let Some(link) = self.up.get_mut(&from) {
-            link.garbage += 1;
-            if link.garbage == GARBAGE_ALLOWANCE {
-                self.out.push_back(Output::Garbage { peer: from, reason });
-            }
+        let Some(link) = self.up.get_mut(&from) else {
+            return;
+        };
+        link.garbage += 1;
+        if link.garbage >= GARBAGE_ALLOWANCE {
+            self.stats.garbage_links += 1;
+            self.shunned.insert(from);
+            self.out.push_back(Output::Garbage { peer: from, reason });
+            self.link_down(from, now);
         }
     }
 

@@ -19,16 +19,29 @@ const STREAM: StreamId = StreamId(7);
 
 /// The integrity check's replay rule, as `miostream-integrity` applies it:
 /// a sequence number accepted once is refused as a replay afterwards; a
-/// payload byte of 0xff is a forgery.
+/// payload byte of 0xff is a forgery, and so is a tag that does not match
+/// the header and payload (a stand-in for the real tag: a changed bit fails it).
 #[derive(Debug, Default)]
 struct ReplayCheck {
     seen: HashSet<u64>,
+}
+
+/// FNV-1a over what a real tag covers.
+fn tag_of(header: &ChunkHeader, payload: &[u8]) -> Vec<u8> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in header.tag_preimage(payload.len()).iter().chain(payload) {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h.to_be_bytes().to_vec()
 }
 
 impl Verify for ReplayCheck {
     fn verify(&mut self, chunk: &miostream_protocol::ChunkRef<'_>) -> Result<(), Refusal> {
         if chunk.payload.first() == Some(&0xff) {
             return Err(Refusal::Forged("bad signature".into()));
+        }
+        if chunk.tag != tag_of(&chunk.header, chunk.payload) {
+            return Err(Refusal::Forged("bad tag".into()));
         }
         if !self.seen.insert(chunk.header.seq) {
             return Err(Refusal::Replayed);
@@ -37,7 +50,8 @@ impl Verify for ReplayCheck {
     }
 
     fn check_copy(&mut self, chunk: &miostream_protocol::ChunkRef<'_>) -> Result<(), Refusal> {
-        if chunk.payload.first() == Some(&0xff) {
+        if chunk.payload.first() == Some(&0xff) || chunk.tag != tag_of(&chunk.header, chunk.payload)
+        {
             return Err(Refusal::Forged("bad signature".into()));
         }
         Ok(())
@@ -45,17 +59,19 @@ impl Verify for ReplayCheck {
 }
 
 fn chunk(seq: u64, kind: ChunkKind, flags: ChunkFlags, ts: u64, byte: u8) -> Bytes {
+    let header = ChunkHeader {
+        stream: STREAM,
+        seq,
+        kind,
+        flags,
+        timestamp_ms: ts,
+        send_time_us: 0,
+    };
+    let payload = vec![byte; 100];
     let c = Chunk {
-        header: ChunkHeader {
-            stream: STREAM,
-            seq,
-            kind,
-            flags,
-            timestamp_ms: ts,
-            send_time_us: 0,
-        },
-        tag: vec![],
-        payload: vec![byte; 100],
+        header,
+        tag: tag_of(&header, &payload),
+        payload,
     };
     Bytes::from(c.encode().unwrap())
 }
@@ -459,24 +475,256 @@ fn a_hole_past_its_wait_is_skipped_at_the_next_keyframe_without_spinning_meanwhi
     );
 }
 
-#[test]
-fn garbage_closes_the_link_after_a_small_allowance_and_is_never_reported() {
-    let mut rig = Rig::new(1, hot());
-    let a = rig.parent;
-    let mut out = Vec::new();
-    for i in 0..GARBAGE_ALLOWANCE {
-        out.extend(rig.from(a, Bytes::from(vec![0xde, 0xad, i as u8])));
-    }
-    assert_eq!(rejected(&out), 0);
-    let closed: Vec<PeerId> = out
-        .iter()
+fn garbage_closed(out: &[Output]) -> Vec<PeerId> {
+    out.iter()
         .filter_map(|o| match o {
             Output::Garbage { peer, .. } => Some(*peer),
             _ => None,
         })
+        .collect()
+}
+
+fn delivered(out: &[Output]) -> Vec<u64> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Deliver { header, .. } => Some(header.seq),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A chunk of another stream, tagged and shaped like ours.
+fn foreign(seq: u64) -> Bytes {
+    let c = Chunk {
+        header: ChunkHeader {
+            stream: StreamId(STREAM.0 + 1),
+            seq,
+            kind: ChunkKind::Media,
+            flags: ChunkFlags::empty(),
+            timestamp_ms: seq * 50,
+            send_time_us: 0,
+        },
+        tag: vec![0; 32],
+        payload: vec![2; 100],
+    };
+    Bytes::from(c.encode().unwrap())
+}
+
+/// The kinds of garbage a linked peer can send, `GARBAGE_ALLOWANCE` of each.
+fn garbage_kinds() -> Vec<(&'static str, Vec<Bytes>)> {
+    let n = GARBAGE_ALLOWANCE as u64;
+    let undecodable = (0..n)
+        .map(|i| Bytes::from(vec![0xde, 0xad, i as u8]))
         .collect();
-    assert_eq!(closed, vec![a]);
-    assert_eq!(rig.relay.stats().garbage, u64::from(GARBAGE_ALLOWANCE));
+    // A real chunk frame grown past the frame limit (a well-formed header).
+    let oversized = (0..n)
+        .map(|i| {
+            let mut f = media(100 + i).to_vec();
+            f.resize(miostream_protocol::frame::MAX_FRAME_LEN + 1, 0);
+            Bytes::from(f)
+        })
+        .collect();
+    let truncated = (0..n)
+        .map(|i| {
+            let f = media(100 + i);
+            f.slice(..f.len() - 1 - i as usize)
+        })
+        .collect();
+    let foreign_chunks = (0..n).map(|i| foreign(100 + i)).collect();
+    let foreign_control = (0..n)
+        .map(|i| {
+            Bytes::from(
+                Frame::GapRequest {
+                    stream: StreamId(STREAM.0 + 1),
+                    first: i,
+                    count: 10,
+                }
+                .encode()
+                .unwrap(),
+            )
+        })
+        .collect();
+    vec![
+        ("undecodable", undecodable),
+        ("oversized", oversized),
+        ("truncated", truncated),
+        ("foreign stream chunk", foreign_chunks),
+        ("foreign stream control", foreign_control),
+    ]
+}
+
+#[test]
+fn every_kind_of_garbage_closes_the_link_without_a_report_while_the_backup_feeds_us() {
+    for (kind, frames) in garbage_kinds() {
+        // Warm standby: the garbage sender is our only upstream.
+        let mut rig = Rig::new(1, RelayConfig::default());
+        let (liar, honest) = (rig.parent, rig.backups[0]);
+        let mut out = rig.from(liar, init(0));
+        out.extend(rig.from(liar, media(1)));
+        assert_eq!(rig.relay.upstreams(), &[liar], "{kind}");
+        let (last, first) = frames.split_last().unwrap();
+        for f in first {
+            out.extend(rig.from(liar, f.clone()));
+        }
+        assert!(garbage_closed(&out).is_empty(), "{kind}: allowance");
+        assert!(rig.relay.is_up(&liar), "{kind}");
+        out.extend(rig.from(liar, last.clone()));
+        assert_eq!(garbage_closed(&out), vec![liar], "{kind}");
+        assert_eq!(rejected(&out), 0, "{kind}: garbage is never a report");
+        assert!(!rig.relay.is_up(&liar), "{kind}: dropped at once");
+        assert!(rig.relay.is_shunned(&liar), "{kind}");
+        // The honest backup takes over from the first chunk we lack.
+        let subs = subscribes(&out);
+        assert_eq!(subs.last().map(|s| (s.0, s.1)), Some((honest, 2)), "{kind}");
+        assert_eq!(rig.relay.upstreams(), &[honest], "{kind}");
+        let mut out = Vec::new();
+        for seq in 2..=20 {
+            out.extend(rig.from(honest, media(seq)));
+            rig.now += Duration::from_millis(50);
+        }
+        assert_eq!(delivered(&out), (2..=20).collect::<Vec<_>>(), "{kind}");
+        // Whatever the closed link still carries is not read.
+        let out = rig.from(liar, media(21));
+        assert!(out.is_empty(), "{kind}: {out:?}");
+        let stats = rig.relay.stats();
+        assert_eq!(stats.garbage, u64::from(GARBAGE_ALLOWANCE), "{kind}");
+        assert_eq!(stats.garbage_links, 1, "{kind}");
+        assert_eq!(stats.rejected, 0, "{kind}");
+    }
+}
+
+#[test]
+fn garbage_mixed_with_good_frames_still_adds_up_to_a_closed_link() {
+    // Heartbeats and chunks in between do not wash the count out.
+    let mut rig = Rig::new(1, hot());
+    let a = rig.parent;
+    rig.from(a, init(0));
+    let mut out = Vec::new();
+    for seq in 1..=u64::from(GARBAGE_ALLOWANCE) {
+        out.extend(rig.from(a, Bytes::from_static(b"\x01\xffnot a frame")));
+        out.extend(rig.from(a, heartbeat(1)));
+        out.extend(rig.from(a, media(seq)));
+    }
+    assert_eq!(garbage_closed(&out), vec![a]);
+    assert_eq!(rejected(&out), 0);
+}
+
+#[test]
+fn a_shunned_peer_stays_out_while_linked_and_gets_a_fresh_start_once_relinked() {
+    let mut rig = Rig::new(1, hot());
+    let (a, b) = (rig.parent, rig.backups[0]);
+    for f in &garbage_kinds()[0].1 {
+        rig.from(a, f.clone());
+    }
+    assert!(rig.relay.is_shunned(&a));
+    // Its link comes up again (it offered again): closed at once.
+    rig.relay.link_up(a, rig.now);
+    let out = rig.drain();
+    assert_eq!(garbage_closed(&out), vec![a]);
+    assert!(!rig.relay.is_up(&a));
+    assert!(!rig.relay.upstreams().contains(&a));
+    // A reconfiguration that keeps it linked keeps it out.
+    let both = Links {
+        parents: vec![a],
+        backup_parents: vec![b],
+        ..Links::default()
+    };
+    rig.relay.set_links(both.clone(), rig.now);
+    assert!(rig.relay.is_shunned(&a));
+    // Unlinked, then linked again (a new place in the topology): a fresh start.
+    rig.relay.set_links(
+        Links {
+            parents: vec![b],
+            ..Links::default()
+        },
+        rig.now,
+    );
+    assert!(!rig.relay.is_shunned(&a));
+    rig.relay.set_links(both, rig.now);
+    rig.relay.link_up(a, rig.now);
+    let out = rig.drain();
+    assert!(garbage_closed(&out).is_empty(), "{out:?}");
+    assert!(rig.relay.is_up(&a));
+}
+
+/// A small deterministic generator (xorshift), so the fuzz loop below is
+/// the same on every run.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn random_and_mangled_frames_never_panic_and_only_forged_chunks_of_ours_are_reported() {
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut rig = Rig::new(1, hot());
+    let (a, b) = (rig.parent, rig.backups[0]);
+    rig.from(b, init(0));
+    let mut out = Vec::new();
+    let mut seq = 1;
+    let mut reports = 0;
+    for i in 0..20_000u64 {
+        // Mangled copies of real frames (bytes flipped, cut, grown) and
+        // pure noise, from a peer the relay takes back each time.
+        let mut f = match i % 3 {
+            0 => media(1000 + i).to_vec(),
+            1 => heartbeat(1).to_vec(),
+            _ => (0..rng.next() % 64).map(|_| rng.next() as u8).collect(),
+        };
+        if !f.is_empty() {
+            let at = (rng.next() as usize) % f.len();
+            match rng.next() % 3 {
+                0 => f[at] ^= 1 << (rng.next() % 8),
+                1 => f.truncate(at),
+                _ => f.extend(std::iter::repeat_n(0, at)),
+            }
+        }
+        if !rig.relay.is_up(&a) {
+            rig.relay.set_links(Links::default(), rig.now);
+            rig.relay.set_links(
+                Links {
+                    parents: vec![a],
+                    backup_parents: vec![b],
+                    ..Links::default()
+                },
+                rig.now,
+            );
+            rig.relay.link_up(a, rig.now);
+        }
+        // Only a well-formed chunk of this stream whose check fails may be
+        // reported (a flipped bit in a real chunk is such a forgery).
+        let ours =
+            matches!(FrameRef::decode(&f), Ok(FrameRef::Chunk(c)) if c.header.stream == STREAM);
+        let o = rig.from(a, Bytes::from(f));
+        // One frame: a bounded reaction (at most a close, a resubscription
+        // and a delivery or two), whatever it held.
+        assert!(o.len() <= 8, "{o:?}");
+        if !ours {
+            assert_eq!(rejected(&o), 0, "{o:?}");
+        }
+        reports += rejected(&o);
+        out.extend(o);
+        if i % 50 == 0 {
+            out.extend(rig.from(b, media(seq)));
+            seq += 1;
+        }
+    }
+    assert!(reports > 0, "flipped bits in real chunks are forgeries");
+    assert!(rig.relay.stats().garbage_links > 100);
+    // The honest upstream's chunks were all played.
+    assert_eq!(
+        delivered(&out)
+            .into_iter()
+            .filter(|s| *s < 1000)
+            .collect::<Vec<_>>(),
+        (1..seq).collect::<Vec<_>>()
+    );
 }
 
 #[test]

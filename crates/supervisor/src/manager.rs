@@ -20,7 +20,11 @@
 //! peers linked to it report a bad chunk from it within
 //! [`REPORT_WINDOW`]: one liar can accuse, never eject (the reporter's own
 //! relay has stopped taking chunks from the accused already). A reporter
-//! counts once per accused. One that accuses [`MAX_LONE_ACCUSATIONS`]
+//! counts once per accused, by its key: reconnecting under a new peer id
+//! makes no second reporter, and keeps its accusations. Only reports
+//! against a peer that feeds the reporter (parent, backup parent, mesh
+//! neighbour) back an ejection; one against a peer it feeds is only its
+//! own accusation. One that accuses [`MAX_LONE_ACCUSATIONS`]
 //! distinct peers within the window with nobody backing any of it is itself
 //! cut out: honest peers meet a forger rarely, and together.
 
@@ -114,11 +118,14 @@ struct Stream {
     broadcaster: PeerId,
     topology: Topology,
     epoch: u64,
-    /// Bad-chunk reports per accused relay: who reported, when (one entry
-    /// per reporter). Only a peer linked to the accused can report it.
-    reports: HashMap<PeerId, Vec<(PeerId, Instant)>>,
-    /// Per reporter: the peers it accused, when.
-    accusations: HashMap<PeerId, Vec<(PeerId, Instant)>>,
+    /// Bad-chunk reports per accused relay: who reported (by key), when
+    /// (one entry per reporter). Only a peer linked to the accused can
+    /// report it. Reporters count by key, not peer id: one identity that
+    /// reconnects under new peer ids is still one reporter.
+    reports: HashMap<PeerId, Vec<(KeyFingerprint, Instant)>>,
+    /// Per reporter's key: the peers it accused, when (kept across its
+    /// reconnections, for the window).
+    accusations: HashMap<KeyFingerprint, Vec<(PeerId, Instant)>>,
     /// Lag reports per relay: who reported, when.
     lag_reports: HashMap<PeerId, Vec<(PeerId, Instant)>>,
     /// The stream's bitrate as receivers report it (kbit/s; 0 = none yet).
@@ -141,6 +148,9 @@ pub const REPORT_WINDOW: Duration = Duration::from_secs(60);
 /// Distinct peers one reporter may accuse within [`REPORT_WINDOW`], with
 /// nobody confirming, before it is cut out itself.
 pub const MAX_LONE_ACCUSATIONS: usize = 3;
+
+/// Reporters' records kept per stream before the stale ones are dropped.
+const MAX_ACCUSERS_KEPT: usize = 4096;
 
 /// All streams and connected peers of one supervisor.
 pub struct Manager {
@@ -531,8 +541,9 @@ impl Manager {
         } else {
             stream.topology.leave(who)
         };
+        // A reporter's accusations outlive its session (they expire with
+        // the window): reconnecting must not wipe a liar's record.
         stream.reports.remove(&who);
-        stream.accusations.remove(&who);
         stream.lag_reports.remove(&who);
         if let Ok(changes) = changes {
             reconfigure(stream, &changes, &mut out);
@@ -615,6 +626,9 @@ impl Manager {
         now: Instant,
     ) -> Vec<Output> {
         let needed = self.config.bad_chunk_limit.max(1) as usize;
+        let Some(key) = self.peers.get(&from).map(|p| p.key) else {
+            return Vec::new();
+        };
         let Some(stream) = joined.and_then(|id| self.streams.get_mut(&id)) else {
             return Vec::new();
         };
@@ -624,15 +638,27 @@ impl Manager {
             return Vec::new();
         }
         let fresh = |t: &Instant| now.saturating_duration_since(*t) < REPORT_WINDOW;
+        // Only a peer that feeds the reporter (a parent, a backup parent, a
+        // mesh neighbour) can have sent it the stream's chunks: a report
+        // against one it feeds itself backs nobody's ejection — else two
+        // colluding relays eject the honest children they share — and
+        // counts only as the reporter's own accusation.
+        let feeds_reporter = stream.topology.links(from).is_some_and(|l| {
+            l.parents.contains(&upstream)
+                || l.backup_parents.contains(&upstream)
+                || l.neighbours.contains(&upstream)
+        });
         let reports = stream.reports.entry(upstream).or_default();
         reports.retain(|(_, t)| fresh(t));
-        if reports.iter().any(|(p, _)| *p == from) {
+        if reports.iter().any(|(k, _)| *k == key) {
             return Vec::new(); // once per reporter and accused
         }
-        tracing::warn!(reporter = %from, %upstream, seq, reason, "bad chunk reported");
-        reports.push((from, now));
+        tracing::warn!(reporter = %from, %upstream, seq, reason, feeds_reporter, "bad chunk reported");
+        if feeds_reporter {
+            reports.push((key, now));
+        }
         if reports.len() >= needed {
-            let reporters: Vec<PeerId> = reports.iter().map(|(p, _)| *p).collect();
+            let reporters: Vec<KeyFingerprint> = reports.iter().map(|(k, _)| *k).collect();
             stream.reports.remove(&upstream);
             // Backed up: these accusations held.
             for r in reporters {
@@ -647,8 +673,16 @@ impl Manager {
                 now,
             );
         }
-        let accused = stream.accusations.entry(from).or_default();
+        if stream.accusations.len() >= MAX_ACCUSERS_KEPT {
+            stream
+                .accusations
+                .retain(|_, a| a.iter().any(|(_, t)| fresh(t)));
+        }
+        let accused = stream.accusations.entry(key).or_default();
         accused.retain(|(_, t)| fresh(t));
+        if accused.iter().any(|(p, _)| *p == upstream) {
+            return Vec::new(); // the same accusation again (a reconnected reporter)
+        }
         accused.push((upstream, now));
         if accused.len() >= MAX_LONE_ACCUSATIONS {
             return self.cut_off(

@@ -327,6 +327,58 @@ fn a_liar_that_accuses_its_neighbours_one_by_one_is_cut_out_itself() {
 }
 
 #[test]
+fn a_liar_that_reconnects_under_a_new_peer_id_is_still_one_reporter() {
+    // Found by the lab: a false reporter that was cut out came back as a
+    // new viewer (same key, new peer id) and accused the same honest relay
+    // again, which made two "distinct" reporters and ejected it.
+    let mut f = Fixture::new();
+    let (_, relay, c1, c2) = relay_with_two_children(&mut f, 6);
+    let key = f.m.peers[&c1].key;
+    assert!(f.send(c1, report(relay)).is_empty());
+    f.m.disconnected(c1);
+    let again = PeerId::random();
+    f.m.register(again, ComponentType::Receiver, key).unwrap();
+    f.join(again);
+    let topology = &f.m.streams.values().next().unwrap().topology;
+    assert!(
+        topology.is_linked(again, relay),
+        "the newcomer takes the free place under the relay (or its backup)"
+    );
+    assert!(!cut(&f.send(again, report(relay)), relay));
+    assert!(f.m.peers.contains_key(&relay));
+    // Another identity backs the accusation up: that is two reporters.
+    assert!(cut(&f.send(c2, report(relay)), relay));
+}
+
+#[test]
+fn relays_that_accuse_the_children_they_feed_eject_nobody() {
+    // Found by the lab: the broadcaster's two children, both liars, each
+    // accused the children and backup children they share; two
+    // "distinct" reporters ejected honest peers. A peer a reporter feeds
+    // never sends it the stream: such reports are the liars' own.
+    let mut f = Fixture::new();
+    let (_, relay, c1, c2) = relay_with_two_children(&mut f, 6);
+    let topology = &f.m.streams.values().next().unwrap().topology;
+    let (other, _) =
+        f.m.peers
+            .keys()
+            .copied()
+            .filter(|p| *p != relay)
+            .map(|p| (p, topology.links(p).unwrap()))
+            .find(|(_, l)| l.backup_children.contains(&c1) || l.children.contains(&c1))
+            .expect("c1 has a backup parent that is a relay");
+    assert!(topology.links(c1).unwrap().backup_parents.contains(&other));
+    for liar in [relay, other] {
+        let out = f.send(liar, report(c1));
+        assert!(!cut(&out, c1), "{out:?}");
+    }
+    assert!(f.m.peers.contains_key(&c1));
+    // Their children's reports against them still count.
+    assert!(!cut(&f.send(c1, report(relay)), relay));
+    assert!(cut(&f.send(c2, report(relay)), relay));
+}
+
+#[test]
 fn revoked_keys_are_cut_off_and_their_streams_end() {
     struct Only(KeyFingerprint, ComponentType);
     impl Authorizer for Only {
