@@ -165,6 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             announce: None,
             relay: RelayConfig::default(),
             verifier: integrity_check(1.0, integrity.clone()),
+            capacity: None,
         },
         transport,
     );

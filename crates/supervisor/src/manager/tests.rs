@@ -335,7 +335,7 @@ fn a_liar_that_reconnects_under_a_new_peer_id_is_still_one_reporter() {
     let (_, relay, c1, c2) = relay_with_two_children(&mut f, 6);
     let key = f.m.peers[&c1].key;
     assert!(f.send(c1, report(relay)).is_empty());
-    f.m.disconnected(c1);
+    f.m.disconnected(c1, f.now);
     let again = PeerId::random();
     f.m.register(again, ComponentType::Receiver, key).unwrap();
     f.join(again);
