@@ -301,31 +301,9 @@ async fn the_state_shows_qos_and_an_injected_failure_makes_a_receiver_rejoin() {
     s.stop().await;
 }
 
-/// Whether node, Chromium and playwright-core are there.
-fn browser_tools() -> Result<(), String> {
-    let node = std::process::Command::new("node").arg("--version").output();
-    if !node.is_ok_and(|o| o.status.success()) {
-        return Err("node is not installed".into());
-    }
-    if !Path::new("/usr/bin/chromium").exists() {
-        return Err("/usr/bin/chromium is not installed (apt-get install chromium)".into());
-    }
-    if !repo()
-        .join("scripts/browser/node_modules/playwright-core/package.json")
-        .exists()
-    {
-        return Err("playwright-core is missing (npm ci --prefix scripts/browser)".into());
-    }
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headless_chromium_shows_the_topology_of_a_running_stream() {
-    if let Err(why) = browser_tools() {
-        if std::env::var_os("CI").is_some() {
-            panic!("CI must run the browser test: {why}");
-        }
-        eprintln!("skipping the browser test: {why}");
+    if !miostream_test_support::browser_available() {
         return;
     }
     let _one = ONE_AT_A_TIME.lock().await;

@@ -16,8 +16,41 @@ pub mod https;
 pub mod supervisor;
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Whether a browser test can run: node, Debian's Chromium and the
+/// repository's playwright-core (`npm ci --prefix scripts/browser`). Under
+/// CI (`CI` set) a missing tool fails the test; elsewhere the test is
+/// skipped with a line saying why.
+pub fn browser_available() -> bool {
+    let why = (|| {
+        let node = Command::new("node").arg("--version").output();
+        if !node.is_ok_and(|o| o.status.success()) {
+            return Err("node is not installed");
+        }
+        if !Path::new("/usr/bin/chromium").exists() {
+            return Err("/usr/bin/chromium is not installed (apt-get install chromium)");
+        }
+        let playwright = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../scripts/browser/node_modules/playwright-core/package.json");
+        if !playwright.exists() {
+            return Err("playwright-core is missing (npm ci --prefix scripts/browser)");
+        }
+        Ok(())
+    })();
+    match why {
+        Ok(()) => true,
+        Err(why) if std::env::var_os("CI").is_some() => {
+            panic!("CI must run the browser test: {why}")
+        }
+        Err(why) => {
+            eprintln!("skipping the browser test: {why}");
+            false
+        }
+    }
+}
 
 /// A network namespace reachable from the test's namespace over a veth pair.
 #[derive(Debug)]
