@@ -125,6 +125,8 @@ pub struct Attacker {
     stream: Option<StreamId>,
     /// Media sequence numbers seen over the flood window.
     seen: VecDeque<(u64, Instant)>,
+    /// The newest chunk frame received: a false reporter's "evidence".
+    latest: Option<Bytes>,
     /// Round robin over links (garbage) or peers to accuse (false reports).
     next: usize,
     accused: BTreeSet<PeerId>,
@@ -143,6 +145,10 @@ pub enum Action {
         upstream: PeerId,
         /// A sequence number it could have sent.
         seq: u64,
+        /// The "evidence": a chunk received with its tag corrupted, so the
+        /// supervisor's own check of it fails as a real forgery's would
+        /// (an honest chunk as evidence would prove the report false).
+        chunk: Option<Bytes>,
     },
 }
 
@@ -158,6 +164,7 @@ impl Attacker {
             feeders: VecDeque::new(),
             stream: None,
             seen: VecDeque::new(),
+            latest: None,
             next: 0,
             accused: BTreeSet::new(),
             stats: AttackStats::default(),
@@ -214,6 +221,7 @@ impl Attacker {
                     }
                     if self.seen.back().is_none_or(|(s, _)| c.header.seq > *s) {
                         self.seen.push_back((c.header.seq, now));
+                        self.latest = Some(frame.clone());
                     }
                     while self
                         .seen
@@ -301,7 +309,12 @@ impl Attacker {
                 self.accused.insert(upstream);
                 self.stats.reports += 1;
                 let seq = self.seen.back().map_or(0, |(s, _)| *s);
-                vec![Action::Report { upstream, seq }]
+                let chunk = self.latest.as_ref().and_then(forged);
+                vec![Action::Report {
+                    upstream,
+                    seq,
+                    chunk,
+                }]
             }
         }
     }
@@ -459,8 +472,14 @@ mod tests {
         let accused: Vec<PeerId> = (0..3)
             .flat_map(|_| a.tick())
             .filter_map(|x| match x {
-                Action::Report { upstream, seq } => {
+                Action::Report {
+                    upstream,
+                    seq,
+                    chunk: evidence,
+                } => {
                     assert_eq!(seq, 5);
+                    let evidence = evidence.expect("a tampered chunk as evidence");
+                    assert_ne!(evidence, chunk(5), "tampered");
                     Some(upstream)
                 }
                 Action::Transport(_) => None,

@@ -3,6 +3,8 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 use bytes::Bytes;
 use miostream_protocol::signal::{Capacity, ErrorCode, Links, ResumeStream, StreamInfo};
 use miostream_protocol::{
@@ -603,12 +605,20 @@ impl NodeCore {
                 RelayOutput::Skipped { first, count } => {
                     NodeOutput::App(NodeEvent::Skipped { first, count })
                 }
-                RelayOutput::Rejected { from, seq, reason } => {
+                RelayOutput::Rejected {
+                    from,
+                    seq,
+                    reason,
+                    frame,
+                } => {
                     warn!(%from, seq, "rejected a chunk: {reason}");
+                    // The chunk goes along: the supervisor checks its tag
+                    // itself, so a report it can disprove costs the reporter.
                     NodeOutput::Supervisor(PeerMessage::ReportBadChunk {
                         upstream: from,
                         seq,
                         reason,
+                        chunk: Some(B64.encode(&frame)),
                     })
                 }
                 RelayOutput::Lagging { peer } => {

@@ -356,6 +356,11 @@ pub enum PeerMessage {
         seq: u64,
         /// Why it failed.
         reason: String,
+        /// The evidence: the chunk frame as received, base64 (at most
+        /// [`crate::MAX_FRAME_LEN`] bytes before encoding). The supervisor
+        /// checks its tag itself: one that verifies proves the report false.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chunk: Option<String>,
     },
     /// Before joining: asks for a slot to measure the uplink in; the
     /// supervisor answers [`SupervisorMessage::CapacityProbeGrant`] when

@@ -174,13 +174,20 @@ fn peer_message() -> impl Strategy<Value = PeerMessage> {
         }),
         Just(PeerMessage::LeaveStream {}),
         (peer_id(), payload()).prop_map(|(to, payload)| PeerMessage::Signal { to, payload }),
-        (peer_id(), any::<u64>(), text()).prop_map(|(upstream, seq, reason)| {
-            PeerMessage::ReportBadChunk {
-                upstream,
-                seq,
-                reason,
-            }
-        }),
+        (
+            peer_id(),
+            any::<u64>(),
+            text(),
+            proptest::option::of(text())
+        )
+            .prop_map(|(upstream, seq, reason, chunk)| {
+                PeerMessage::ReportBadChunk {
+                    upstream,
+                    seq,
+                    reason,
+                    chunk,
+                }
+            }),
         (
             proptest::array::uniform7(any::<u64>()),
             0..=1_000_000_000_000u64

@@ -193,6 +193,8 @@ pub enum Output {
         seq: u64,
         /// Why.
         reason: String,
+        /// The frame as it arrived: the evidence for the supervisor.
+        frame: Bytes,
     },
     /// The link to `peer` carried [`GARBAGE_ALLOWANCE`] frames that are
     /// not ours to read (undecodable, oversized, truncated, chunks or

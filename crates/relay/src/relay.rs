@@ -503,7 +503,7 @@ impl<V: Verify> Relay<V> {
                 if let Some((_, held)) = self.store.get(header.seq) {
                     if *held != frame {
                         if let Err(Refusal::Forged(reason)) = self.verify.check_copy(&chunk) {
-                            self.reject(from, header.seq, reason, now);
+                            self.reject(from, header.seq, reason, frame.clone(), now);
                             return;
                         }
                     }
@@ -519,7 +519,7 @@ impl<V: Verify> Relay<V> {
                 match self.verify.verify(&chunk) {
                     Ok(()) => {}
                     Err(Refusal::Forged(reason)) => {
-                        self.reject(from, header.seq, reason, now);
+                        self.reject(from, header.seq, reason, frame.clone(), now);
                         return;
                     }
                     Err(Refusal::Replayed) => {
@@ -826,9 +826,14 @@ impl<V: Verify> Relay<V> {
         self.out.pop_front()
     }
 
-    fn reject(&mut self, from: PeerId, seq: u64, reason: String, now: Instant) {
+    fn reject(&mut self, from: PeerId, seq: u64, reason: String, frame: Bytes, now: Instant) {
         self.stats.rejected += 1;
-        self.out.push_back(Output::Rejected { from, seq, reason });
+        self.out.push_back(Output::Rejected {
+            from,
+            seq,
+            reason,
+            frame,
+        });
         if self.distrusted.insert(from) && self.upstreams.contains(&from) {
             self.refresh_upstreams(now);
         }

@@ -34,12 +34,14 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use miostream_auth::{Authorizer, KeyFingerprint};
+use miostream_integrity::Verifier;
 use miostream_protocol::signal::{
     Capacity, ErrorCode, ResumeStream, SignalPayload, StreamInfo, MAX_PROBE_MESSAGES,
     MAX_STREAM_NAME_LEN,
 };
 use miostream_protocol::{
-    ComponentType, IntegrityMode, PeerId, PeerMessage, StreamId, SupervisorMessage, TopologyKind,
+    ComponentType, FrameRef, IntegrityMode, PeerId, PeerMessage, StreamId, SupervisorMessage,
+    TopologyKind, MAX_FRAME_LEN,
 };
 use miostream_topology::{Changes, FailureDistribution, Topology, TopologyConfig};
 use rand::{CryptoRng, Rng, RngExt as _};
@@ -115,6 +117,8 @@ struct Stream {
     info: StreamInfo,
     key: [u8; 32],
     signing_key: Option<String>,
+    /// Checks the chunks that reporters attach (every one: threshold 1).
+    checker: Verifier,
     broadcaster: PeerId,
     topology: Topology,
     epoch: u64,
@@ -310,7 +314,8 @@ impl Manager {
                 upstream,
                 seq,
                 reason,
-            } => self.report(from, joined, upstream, seq, &reason, now),
+                chunk,
+            } => self.report(from, joined, upstream, seq, &reason, chunk.as_deref(), now),
             PeerMessage::CapacityProbeRequest {} => self.probe_request(from, now),
             PeerMessage::CapacityProbe { padding, last } => self.probe(from, &padding, last, now),
             PeerMessage::ReportLagging { upstream } => self.lagging(from, joined, upstream, now),
@@ -438,6 +443,18 @@ impl Manager {
                 (id, key)
             }
         };
+        // The supervisor checks bad-chunk evidence with the keys the peers
+        // verify with; a signing key that is no Ed25519 point is refused now.
+        let checker = match Verifier::for_stream(
+            id,
+            integrity,
+            &B64.encode(key),
+            signing_key.as_deref(),
+            1.0,
+        ) {
+            Ok(v) => v,
+            Err(e) => return reply(error(ErrorCode::Malformed, format!("signing_key: {e}"))),
+        };
         let info = StreamInfo {
             id,
             name: name.clone(),
@@ -452,6 +469,7 @@ impl Manager {
                 info: info.clone(),
                 key,
                 signing_key,
+                checker,
                 broadcaster: from,
                 topology: Topology::new(topology, from, self.config.topology.clone()),
                 epoch: 0,
@@ -616,6 +634,7 @@ impl Manager {
         )]
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn report(
         &mut self,
         from: PeerId,
@@ -623,6 +642,7 @@ impl Manager {
         upstream: PeerId,
         seq: u64,
         reason: &str,
+        chunk: Option<&str>,
         now: Instant,
     ) -> Vec<Output> {
         let needed = self.config.bad_chunk_limit.max(1) as usize;
@@ -637,6 +657,22 @@ impl Manager {
         if !stream.topology.is_linked(from, upstream) || upstream == stream.broadcaster {
             return Vec::new();
         }
+        // The evidence first: the supervisor checks the attached chunk's
+        // tag itself (at most one check per report, and reports are
+        // rate-limited with every other message).
+        let backed = match check_evidence(&stream.checker, stream.info.id, seq, chunk) {
+            Evidence::Holds => true,
+            Evidence::Missing => false,
+            Evidence::Disproved(why) => {
+                tracing::warn!(reporter = %from, %upstream, seq, "false bad-chunk report: {why}");
+                return self.cut_off(
+                    from,
+                    ErrorCode::Misbehaving,
+                    format!("you reported chunk {seq} from {upstream} as forged, but {why}"),
+                    now,
+                );
+            }
+        };
         let fresh = |t: &Instant| now.saturating_duration_since(*t) < REPORT_WINDOW;
         // Only a peer that feeds the reporter (a parent, a backup parent, a
         // mesh neighbour) can have sent it the stream's chunks: a report
@@ -653,8 +689,8 @@ impl Manager {
         if reports.iter().any(|(k, _)| *k == key) {
             return Vec::new(); // once per reporter and accused
         }
-        tracing::warn!(reporter = %from, %upstream, seq, reason, feeds_reporter, "bad chunk reported");
-        if feeds_reporter {
+        tracing::warn!(reporter = %from, %upstream, seq, reason, feeds_reporter, backed, "bad chunk reported");
+        if feeds_reporter && backed {
             reports.push((key, now));
         }
         if reports.len() >= needed {
@@ -927,6 +963,49 @@ fn reconfigure(stream: &mut Stream, changes: &Changes, out: &mut Vec<Output>) {
                 },
             ));
         }
+    }
+}
+
+/// What a bad-chunk report's attached chunk shows.
+#[derive(Debug, PartialEq, Eq)]
+enum Evidence {
+    /// A chunk of this stream with the reported sequence number whose tag
+    /// fails: consistent with the report (though it proves nothing about
+    /// who sent it, so ejection still takes distinct reporters).
+    Holds,
+    /// No chunk attached: the report is only its reporter's accusation.
+    Missing,
+    /// The report is false: the chunk verifies, or is not the reported
+    /// chunk at all. An honest reporter attaches exactly the frame whose
+    /// check failed, so this is a lie.
+    Disproved(String),
+}
+
+/// Checks a report's evidence (`chunk`: the frame, base64) against the
+/// stream's keys.
+fn check_evidence(checker: &Verifier, stream: StreamId, seq: u64, chunk: Option<&str>) -> Evidence {
+    let Some(text) = chunk else {
+        return Evidence::Missing;
+    };
+    // Base64 of at most one frame; anything longer is no frame of ours.
+    if text.len() > MAX_FRAME_LEN.div_ceil(3) * 4 {
+        return Evidence::Disproved("the attached chunk is oversized".into());
+    }
+    let Ok(bytes) = B64.decode(text) else {
+        return Evidence::Disproved("the attached chunk is not base64".into());
+    };
+    match FrameRef::decode(&bytes) {
+        Ok(FrameRef::Chunk(c)) if c.header.stream == stream && c.header.seq == seq => {
+            match checker.check_tag(&c) {
+                Ok(()) => Evidence::Disproved("it verifies".into()),
+                Err(_) => Evidence::Holds,
+            }
+        }
+        Ok(FrameRef::Chunk(_)) => {
+            Evidence::Disproved("the attached chunk is another stream's or sequence's".into())
+        }
+        Ok(_) => Evidence::Disproved("the attachment is no chunk".into()),
+        Err(e) => Evidence::Disproved(format!("the attached chunk does not decode: {e}")),
     }
 }
 

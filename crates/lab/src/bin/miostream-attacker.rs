@@ -16,6 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use bytes::Bytes;
 use clap::Parser;
 use miostream_lab::attack::{Action, Attack, Attacker, DEFAULT_RATE};
 use miostream_media::PlaybackModel;
@@ -94,7 +97,7 @@ fn main() -> ExitCode {
 fn wrap(
     inner: TransportHandle,
     mut attacker: Attacker,
-    reports: mpsc::Sender<(PeerId, u64)>,
+    reports: mpsc::Sender<(PeerId, u64, Option<Bytes>)>,
 ) -> TransportHandle {
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<TransportCommand>(1024);
     let (ev_tx, ev_rx) = mpsc::channel(1024);
@@ -126,7 +129,7 @@ fn wrap(
                     for action in attacker.tick() {
                         match action {
                             Action::Transport(cmd) => { let _ = commands.try_send(cmd); }
-                            Action::Report { upstream, seq } => { let _ = reports.try_send((upstream, seq)); }
+                            Action::Report { upstream, seq, chunk } => { let _ = reports.try_send((upstream, seq, chunk)); }
                         }
                     }
                 }
@@ -219,12 +222,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             _ = term.recv() => break Ok(()),
             _ = tokio::signal::ctrl_c() => break Ok(()),
             _ = tick.tick() => write(&summary(&mut playback, joined_at, false))?,
-            Some((upstream, seq)) = report_rx.recv() => {
-                // The lie: a chunk it never got, "failed verification".
+            Some((upstream, seq, chunk)) = report_rx.recv() => {
+                // The lie: a chunk it got intact "failed verification", with
+                // a tampered copy of it as the evidence.
                 let sent = node.tell_supervisor(PeerMessage::ReportBadChunk {
                     upstream,
                     seq,
                     reason: "bad signature".into(),
+                    chunk: chunk.map(|c| B64.encode(&c)),
                 });
                 info!(%upstream, seq, sent, "false report");
             }

@@ -7,7 +7,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
 use super::*;
+use miostream_integrity::{StreamKey, Tagger};
 use miostream_protocol::signal::{Links, ResumeStream};
+use miostream_protocol::{Chunk, ChunkFlags, ChunkHeader, ChunkKind, Frame};
 
 struct Fixture {
     m: Manager,
@@ -257,11 +259,44 @@ fn relay_with_two_children(f: &mut Fixture, n: u8) -> (PeerId, PeerId, PeerId, P
     panic!("no relay with two children");
 }
 
-fn report(upstream: PeerId) -> PeerMessage {
+/// Chunk 5 of the fixture's (only) stream, tagged with the stream's key
+/// when `honest`, else with a forged tag.
+fn chunk5(f: &Fixture, honest: bool) -> String {
+    let stream = f.m.streams.values().next().expect("a stream");
+    let header = ChunkHeader {
+        stream: stream.info.id,
+        seq: 5,
+        kind: ChunkKind::Media,
+        flags: ChunkFlags::empty(),
+        timestamp_ms: 200,
+        send_time_us: 1,
+    };
+    let payload = vec![7u8; 100];
+    let tag = if honest {
+        Tagger::Hmac(StreamKey::from_bytes(stream.key)).tag(&header, &payload)
+    } else {
+        vec![0; 32]
+    };
+    let frame = Frame::Chunk(Chunk {
+        header,
+        tag,
+        payload,
+    });
+    B64.encode(frame.encode().unwrap())
+}
+
+/// A bad-chunk report against `upstream` with a forged chunk as evidence.
+fn report(f: &Fixture, upstream: PeerId) -> PeerMessage {
+    report_with(upstream, Some(chunk5(f, false)))
+}
+
+/// A bad-chunk report against `upstream` with `chunk` attached.
+fn report_with(upstream: PeerId, chunk: Option<String>) -> PeerMessage {
     PeerMessage::ReportBadChunk {
         upstream,
         seq: 5,
         reason: "bad tag".into(),
+        chunk,
     }
 }
 
@@ -276,14 +311,14 @@ fn a_relay_is_cut_out_on_reports_from_two_distinct_peers_never_the_broadcaster()
     let (b, relay, c1, c2) = relay_with_two_children(&mut f, 6);
     // Reports against the broadcaster are ignored.
     for _ in 0..5 {
-        assert!(f.send(c1, report(b)).is_empty());
+        assert!(f.send(c1, report(&f, b)).is_empty());
     }
     // One child, however often it reports, cannot eject its parent.
     for _ in 0..5 {
-        assert!(!cut(&f.send(c1, report(relay)), relay));
+        assert!(!cut(&f.send(c1, report(&f, relay)), relay));
     }
     // A second child backs it up: the relay is cut out.
-    let out = f.send(c2, report(relay));
+    let out = f.send(c2, report(&f, relay));
     assert!(cut(&out, relay), "{out:?}");
     assert_eq!(f.m.streams()[0].receivers, 5);
     assert!(f.m.peers.contains_key(&c1) && f.m.peers.contains_key(&c2));
@@ -293,9 +328,9 @@ fn a_relay_is_cut_out_on_reports_from_two_distinct_peers_never_the_broadcaster()
 fn reports_expire_so_two_lone_reports_far_apart_eject_nobody() {
     let mut f = Fixture::new();
     let (_, relay, c1, c2) = relay_with_two_children(&mut f, 6);
-    assert!(f.send(c1, report(relay)).is_empty());
+    assert!(f.send(c1, report(&f, relay)).is_empty());
     f.now += REPORT_WINDOW;
-    assert!(!cut(&f.send(c2, report(relay)), relay));
+    assert!(!cut(&f.send(c2, report(&f, relay)), relay));
 }
 
 #[test]
@@ -318,7 +353,7 @@ fn a_liar_that_accuses_its_neighbours_one_by_one_is_cut_out_itself() {
         .unwrap();
     assert!(neighbours.len() >= MAX_LONE_ACCUSATIONS);
     for (i, &n) in neighbours.iter().take(MAX_LONE_ACCUSATIONS).enumerate() {
-        let out = f.send(liar, report(n));
+        let out = f.send(liar, report(&f, n));
         assert!(!cut(&out, n), "a lone accusation ejected {n:?}");
         assert_eq!(cut(&out, liar), i + 1 == MAX_LONE_ACCUSATIONS, "{out:?}");
     }
@@ -334,7 +369,7 @@ fn a_liar_that_reconnects_under_a_new_peer_id_is_still_one_reporter() {
     let mut f = Fixture::new();
     let (_, relay, c1, c2) = relay_with_two_children(&mut f, 6);
     let key = f.m.peers[&c1].key;
-    assert!(f.send(c1, report(relay)).is_empty());
+    assert!(f.send(c1, report(&f, relay)).is_empty());
     f.m.disconnected(c1, f.now);
     let again = PeerId::random();
     f.m.register(again, ComponentType::Receiver, key).unwrap();
@@ -344,10 +379,10 @@ fn a_liar_that_reconnects_under_a_new_peer_id_is_still_one_reporter() {
         topology.is_linked(again, relay),
         "the newcomer takes the free place under the relay (or its backup)"
     );
-    assert!(!cut(&f.send(again, report(relay)), relay));
+    assert!(!cut(&f.send(again, report(&f, relay)), relay));
     assert!(f.m.peers.contains_key(&relay));
     // Another identity backs the accusation up: that is two reporters.
-    assert!(cut(&f.send(c2, report(relay)), relay));
+    assert!(cut(&f.send(c2, report(&f, relay)), relay));
 }
 
 #[test]
@@ -369,13 +404,62 @@ fn relays_that_accuse_the_children_they_feed_eject_nobody() {
             .expect("c1 has a backup parent that is a relay");
     assert!(topology.links(c1).unwrap().backup_parents.contains(&other));
     for liar in [relay, other] {
-        let out = f.send(liar, report(c1));
+        let out = f.send(liar, report(&f, c1));
         assert!(!cut(&out, c1), "{out:?}");
     }
     assert!(f.m.peers.contains_key(&c1));
     // Their children's reports against them still count.
-    assert!(!cut(&f.send(c1, report(relay)), relay));
-    assert!(cut(&f.send(c2, report(relay)), relay));
+    assert!(!cut(&f.send(c1, report(&f, relay)), relay));
+    assert!(cut(&f.send(c2, report(&f, relay)), relay));
+}
+
+#[test]
+fn a_report_whose_chunk_verifies_cuts_out_the_accuser_not_the_accused() {
+    let mut f = Fixture::new();
+    let (_, relay, c1, c2) = relay_with_two_children(&mut f, 6);
+    // Two colluding children attach the honest chunk they got: the
+    // supervisor checks it, and the first liar goes at once.
+    for liar in [c1, c2] {
+        let out = f.send(liar, report_with(relay, Some(chunk5(&f, true))));
+        assert!(cut(&out, liar), "{out:?}");
+        assert!(!cut(&out, relay), "{out:?}");
+    }
+    assert!(f.m.peers.contains_key(&relay));
+}
+
+#[test]
+fn a_report_without_evidence_or_with_a_chunk_of_something_else_ejects_nobody() {
+    let mut f = Fixture::new();
+    let (_, relay, c1, c2) = relay_with_two_children(&mut f, 6);
+    // Without a chunk: only the reporters' own accusations.
+    for r in [c1, c2] {
+        assert!(!cut(&f.send(r, report_with(relay, None)), relay));
+    }
+    assert!(f.m.peers.contains_key(&relay));
+    // Evidence that is not the reported chunk is a lie.
+    let mut other_seq = report(&f, relay);
+    if let PeerMessage::ReportBadChunk { seq, .. } = &mut other_seq {
+        *seq = 6;
+    }
+    for (liar, msg) in [
+        (c1, other_seq),
+        (c2, report_with(relay, Some("not base64!".into()))),
+    ] {
+        let out = f.send(liar, msg);
+        assert!(cut(&out, liar) && !cut(&out, relay), "{out:?}");
+    }
+}
+
+#[test]
+fn an_oversized_or_undecodable_attachment_costs_one_bounded_check() {
+    let mut f = Fixture::new();
+    let (_, relay, c1, c2) = relay_with_two_children(&mut f, 6);
+    let huge = "A".repeat(MAX_FRAME_LEN * 2);
+    let out = f.send(c1, report_with(relay, Some(huge)));
+    assert!(cut(&out, c1), "{out:?}");
+    let out = f.send(c2, report_with(relay, Some(B64.encode([1u8, 2, 3]))));
+    assert!(cut(&out, c2), "{out:?}");
+    assert!(f.m.peers.contains_key(&relay));
 }
 
 #[test]
