@@ -323,45 +323,26 @@ fn looping_shifts_cluster_timestamps() {
 }
 
 #[test]
-#[ignore = "writes the seed corpus; run by hand after changing the generator"]
-fn write_seed_corpus() {
-    miostream_protocol::fuzz::write_corpus(
-        "webm_splitter",
-        &miostream_media::fuzz::seeds(&bundled()),
-    );
-}
-
-#[test]
-fn the_committed_seeds_are_the_generated_ones_and_pass() {
-    let mut generated = miostream_media::fuzz::seeds(&bundled());
-    generated.sort();
-    let generated: Vec<Vec<u8>> = generated.into_iter().map(|(_, b)| b).collect();
+fn the_seeds_hold_an_init_segment_a_cluster_and_truncations() {
     let committed = miostream_protocol::fuzz::corpus("webm_splitter");
-    assert_eq!(committed, generated, "fuzz/corpus/webm_splitter is stale: run `cargo test -p miostream-media --test split -- --ignored`");
     assert!(
         committed.len() >= 5,
         "init, cluster and truncations: {}",
         committed.len()
     );
-    for seed in &committed {
-        miostream_media::fuzz::webm_splitter(seed);
-    }
 }
 
 // The `webm_splitter` fuzz target's harness on the stable toolchain.
+miostream_protocol::fuzz_proptests!(
+    stable,
+    "webm_splitter",
+    miostream_media::fuzz::webm_splitter,
+    256,
+    seeds = miostream_media::fuzz::seeds(&bundled())
+);
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
-
-    #[test]
-    fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
-        miostream_media::fuzz::webm_splitter(&bytes);
-    }
-
-    #[test]
-    fn mutated_seeds_never_panic(pick in any::<usize>(), raw in proptest::collection::vec(any::<(u8, usize, usize, usize)>(), 1..6)) {
-        let seeds = miostream_protocol::fuzz::corpus("webm_splitter");
-        miostream_media::fuzz::webm_splitter(&miostream_protocol::fuzz::mutate_raw(&seeds, pick, &raw));
-    }
 
     #[test]
     fn mutated_real_webm_never_panics(at in 0usize..4000, byte in any::<u8>()) {

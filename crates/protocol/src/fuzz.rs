@@ -83,6 +83,115 @@ pub fn write_corpus(target: &str, seeds: &[(String, Vec<u8>)]) {
     }
 }
 
+/// The stable runs of a fuzz target, as a module `$name` of tests:
+/// `$harness` on random bytes and on mutations of the committed corpus of
+/// `$target`, `$cases` cases each; the committed corpus checked against
+/// its generator `$seeds` (and run); and the ignored `write_seed_corpus`
+/// that rewrites it (`cargo test -p CRATE -- --ignored write_seed_corpus`).
+/// The calling crate needs proptest as a dev-dependency.
+#[macro_export]
+macro_rules! fuzz_proptests {
+    ($name:ident, $target:literal, $harness:path, $cases:expr, seeds = $seeds:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            use proptest::prelude::*;
+
+            #[test]
+            #[ignore = "writes the seed corpus; run by hand after changing its generator"]
+            fn write_seed_corpus() {
+                $crate::fuzz::write_corpus($target, &$seeds);
+            }
+
+            #[test]
+            fn the_committed_seeds_are_current_and_pass() {
+                let regenerate = concat!(
+                    "cargo test -p ",
+                    env!("CARGO_PKG_NAME"),
+                    " -- --ignored write_seed_corpus"
+                );
+                for seed in $crate::fuzz::check_corpus($target, $seeds, regenerate) {
+                    $harness(&seed);
+                }
+            }
+
+            proptest! {
+                #![proptest_config(ProptestConfig { cases: $cases, ..ProptestConfig::default() })]
+
+                #[test]
+                fn random_bytes(data in proptest::collection::vec(any::<u8>(), 0..1024)) {
+                    $harness(&data);
+                }
+
+                #[test]
+                fn mutated_seeds(
+                    pick in any::<usize>(),
+                    raw in proptest::collection::vec(any::<(u8, usize, usize, usize)>(), 1..6),
+                ) {
+                    let seeds = $crate::fuzz::corpus($target);
+                    $harness(&$crate::fuzz::mutate_raw(&seeds, pick, &raw));
+                }
+            }
+        }
+    };
+}
+
+/// The `ANNOUNCE_STREAM` the seeds use (a tree, HMAC, `cam`).
+pub fn seed_announce() -> PeerMessage {
+    PeerMessage::AnnounceStream {
+        name: "cam".into(),
+        topology: TopologyKind::Tree,
+        integrity: IntegrityMode::Hmac,
+        media_type: "video/webm".into(),
+        signing_key: None,
+        resume: None,
+    }
+}
+
+/// Compares the committed seed corpus of `target` with what its generator
+/// makes (`seeds`, in any order) and returns the seeds, sorted by name.
+/// Panics if they differ, naming `regenerate`, the command that rewrites it.
+pub fn check_corpus(
+    target: &str,
+    mut seeds: Vec<(String, Vec<u8>)>,
+    regenerate: &str,
+) -> Vec<Vec<u8>> {
+    seeds.sort();
+    let generated: Vec<Vec<u8>> = seeds.into_iter().map(|(_, b)| b).collect();
+    assert!(
+        corpus(target) == generated,
+        "fuzz/corpus/{target} is stale: run `{regenerate}`"
+    );
+    generated
+}
+
+/// Splits a harness's input into records `[ctl] [len: u16 LE] [len
+/// bytes]`; a short last record takes what is left. The harnesses that
+/// drive a state machine read their input this way.
+pub fn records(data: &[u8]) -> impl Iterator<Item = (u8, &[u8])> + '_ {
+    let mut rest = data;
+    std::iter::from_fn(move || {
+        let (&ctl, tail) = rest.split_first()?;
+        let len = match tail {
+            [a, b, ..] => usize::from(u16::from_le_bytes([*a, *b])),
+            _ => 0,
+        };
+        let body = tail.get(2..).unwrap_or_default();
+        let len = len.min(body.len());
+        rest = &body[len..];
+        Some((ctl, &body[..len]))
+    })
+}
+
+/// One record (see [`records`]).
+pub fn record(ctl: u8, body: &[u8]) -> Vec<u8> {
+    let len = body.len().min(usize::from(u16::MAX));
+    let mut out = vec![ctl];
+    out.extend_from_slice(&(len as u16).to_le_bytes());
+    out.extend_from_slice(&body[..len]);
+    out
+}
+
 /// One edit of a seed, as a fuzzer's mutator makes them. Positions are
 /// taken modulo the input's length, so any values make a valid edit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -343,14 +452,7 @@ pub fn seed_signals() -> Vec<(String, Vec<u8>)> {
         PeerMessage::AuthenticationChallengeResponse {
             answer: "AAAA".into(),
         },
-        PeerMessage::AnnounceStream {
-            name: "cam".into(),
-            topology: TopologyKind::Tree,
-            integrity: IntegrityMode::Hmac,
-            media_type: "video/webm".into(),
-            signing_key: None,
-            resume: None,
-        },
+        seed_announce(),
         PeerMessage::ListStreams {},
         PeerMessage::JoinStream {
             name: "cam".into(),

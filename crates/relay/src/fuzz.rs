@@ -16,7 +16,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use miostream_protocol::fuzz::{seed_frames, seed_tag, SEED_STREAM};
+use miostream_protocol::fuzz::{
+    record as records_record, records, seed_frames, seed_tag, SEED_STREAM,
+};
 use miostream_protocol::signal::Links;
 use miostream_protocol::{ChunkRef, FrameRef, PeerId, TopologyKind, MAX_FRAME_LEN};
 
@@ -86,16 +88,8 @@ pub fn relay_frames(data: &[u8]) -> Reach {
     drain(&mut relay);
     // Payloads of chunks that passed the check, by sequence number.
     let mut authentic: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
-    let mut rest = data;
-    while let Some((&ctl, tail)) = rest.split_first() {
-        let len = match tail {
-            [a, b, ..] => usize::from(u16::from_le_bytes([*a, *b])),
-            _ => 0,
-        };
-        let body = tail.get(2..).unwrap_or_default();
-        let len = len.min(body.len());
-        let mut frame = body[..len].to_vec();
-        rest = &body[len..];
+    for (ctl, body) in records(data) {
+        let mut frame = body.to_vec();
         let from = senders[usize::from(ctl & 3)];
         now += Duration::from_millis(10 * u64::from((ctl >> 2) & 31));
         for _ in 0..4 {
@@ -204,10 +198,7 @@ fn retag(frame: Vec<u8>) -> Vec<u8> {
 /// One record of the harness's input.
 pub fn record(sender: u8, steps_10ms: u8, retag: bool, frame: &[u8]) -> Vec<u8> {
     let ctl = (sender & 3) | ((steps_10ms & 31) << 2) | if retag { 0x80 } else { 0 };
-    let mut out = vec![ctl];
-    out.extend_from_slice(&(frame.len().min(usize::from(u16::MAX)) as u16).to_le_bytes());
-    out.extend_from_slice(frame);
-    out
+    records_record(ctl, frame)
 }
 
 /// The seeds of `fuzz/corpus/relay_frames/`: a parent feeding init and

@@ -3,32 +3,19 @@
 //! `Relay::handle_frame`, with its invariants: bounded sends, bounded
 //! buffer, no forgery report for garbage, nothing unverified played) fed
 //! random records and mutations of the committed seed corpus.
-//! `cargo test -p miostream-relay --test fuzz -- --ignored` rewrites the
-//! corpus.
+//! `cargo test -p miostream-relay -- --ignored write_seed_corpus` rewrites
+//! the corpus.
 
 use miostream_protocol::fuzz::{self as pfuzz, seed_chunk};
 use miostream_protocol::{ChunkFlags, ChunkKind, Frame};
-use miostream_relay::fuzz::{record, relay_frames, seeds};
+use miostream_relay::fuzz::{record, relay_frames};
 use proptest::prelude::*;
 
 const TARGET: &str = "relay_frames";
 
 #[test]
-#[ignore = "writes the seed corpus; run by hand after changing the generator"]
-fn write_seed_corpus() {
-    pfuzz::write_corpus(TARGET, &seeds());
-}
-
-#[test]
-fn the_committed_seeds_are_the_generated_ones_and_pass() {
-    let mut generated = seeds();
-    generated.sort();
-    let generated: Vec<Vec<u8>> = generated.into_iter().map(|(_, b)| b).collect();
-    assert_eq!(
-        pfuzz::corpus(TARGET),
-        generated,
-        "fuzz/corpus/{TARGET} is stale: run `cargo test -p miostream-relay --test fuzz -- --ignored`"
-    );
+fn the_seeds_get_past_decoding_and_verification() {
+    let generated = pfuzz::corpus(TARGET);
     // Together they get past decoding and verification: played, forwarded
     // or replayed, reported as forged, closed as garbage.
     let mut total = miostream_relay::fuzz::Reach::default();
@@ -77,22 +64,20 @@ fn records() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+miostream_protocol::fuzz_proptests!(
+    stable,
+    "relay_frames",
+    miostream_relay::fuzz::relay_frames,
+    512,
+    seeds = miostream_relay::fuzz::seeds()
+);
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_bytes(data in proptest::collection::vec(any::<u8>(), 0..1024)) {
-        let _ = relay_frames(&data);
-    }
-
-    #[test]
     fn random_records(data in records()) {
         let _ = relay_frames(&data);
-    }
-
-    #[test]
-    fn mutated_seeds(pick in any::<usize>(), raw in proptest::collection::vec(any::<(u8, usize, usize, usize)>(), 1..6)) {
-        let _ = relay_frames(&pfuzz::mutate_raw(&pfuzz::corpus(TARGET), pick, &raw));
     }
 
     /// Mutated seed frames wrapped as records, half of them given a valid

@@ -18,10 +18,9 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use miostream_auth::KeyFingerprint;
+use miostream_protocol::fuzz::{record as records_record, records, seed_announce};
 use miostream_protocol::signal::{Capacity, SignalPayload};
-use miostream_protocol::{
-    ComponentType, IntegrityMode, PeerId, PeerMessage, SupervisorMessage, TopologyKind,
-};
+use miostream_protocol::{ComponentType, PeerId, PeerMessage, SupervisorMessage};
 use miostream_topology::TopologyConfig;
 use rand::SeedableRng;
 
@@ -76,16 +75,7 @@ pub fn manager_signals(data: &[u8]) -> Reach {
             );
         }
     };
-    let mut rest = data;
-    while let Some((&ctl, tail)) = rest.split_first() {
-        let len = match tail {
-            [a, b, ..] => usize::from(u16::from_le_bytes([*a, *b])),
-            _ => 0,
-        };
-        let body = tail.get(2..).unwrap_or_default();
-        let len = len.min(body.len());
-        let text = &body[..len];
-        rest = &body[len..];
+    for (ctl, text) in records(data) {
         now += Duration::from_millis(50 * u64::from((ctl >> 3) & 15));
         for _ in 0..4 {
             if manager.poll_timeout().is_none_or(|t| t > now) {
@@ -172,26 +162,15 @@ fn forget_disconnected(
 
 /// One record of the harness's input.
 pub fn record(sender: usize, steps_50ms: u8, drop_after: bool, msg: &PeerMessage) -> Vec<u8> {
-    let json = msg.to_json();
     let ctl = (sender as u8 & 7) | ((steps_50ms & 15) << 3) | if drop_after { 0x80 } else { 0 };
-    let mut out = vec![ctl];
-    out.extend_from_slice(&(json.len().min(usize::from(u16::MAX)) as u16).to_le_bytes());
-    out.extend_from_slice(json.as_bytes());
-    out
+    records_record(ctl, msg.to_json().as_bytes())
 }
 
 /// The seeds of `fuzz/corpus/manager_signals/`: a stream announced and
 /// joined, signaling between neighbours and strangers, reports, QoS,
 /// probes, departures and a reconnection.
 pub fn seeds() -> Vec<(String, Vec<u8>)> {
-    let announce = PeerMessage::AnnounceStream {
-        name: "cam".into(),
-        topology: TopologyKind::Tree,
-        integrity: IntegrityMode::Hmac,
-        media_type: "video/webm".into(),
-        signing_key: None,
-        resume: None,
-    };
+    let announce = seed_announce();
     let join = PeerMessage::JoinStream {
         name: "cam".into(),
         capacity: Capacity {

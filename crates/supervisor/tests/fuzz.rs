@@ -2,31 +2,18 @@
 //! of `fuzz/fuzz_targets/manager_signals.rs` (authenticated peers' messages
 //! entering the manager, with bounded outputs addressed only to connected
 //! peers) fed random records, random messages and mutations of the
-//! committed seed corpus. `cargo test -p miostream-supervisor --test fuzz
-//! -- --ignored` rewrites the corpus.
+//! committed seed corpus. `cargo test -p miostream-supervisor -- --ignored
+//! write_seed_corpus` rewrites the corpus.
 
 use miostream_protocol::fuzz as pfuzz;
-use miostream_supervisor::fuzz::{manager_signals, record, seeds, PEERS};
+use miostream_supervisor::fuzz::{manager_signals, record, PEERS};
 use proptest::prelude::*;
 
 const TARGET: &str = "manager_signals";
 
 #[test]
-#[ignore = "writes the seed corpus; run by hand after changing the generator"]
-fn write_seed_corpus() {
-    pfuzz::write_corpus(TARGET, &seeds());
-}
-
-#[test]
-fn the_committed_seeds_are_the_generated_ones_and_pass() {
-    let mut generated = seeds();
-    generated.sort();
-    let generated: Vec<Vec<u8>> = generated.into_iter().map(|(_, b)| b).collect();
-    assert_eq!(
-        pfuzz::corpus(TARGET),
-        generated,
-        "fuzz/corpus/{TARGET} is stale: run `cargo test -p miostream-supervisor --test fuzz -- --ignored`"
-    );
+fn the_seeds_get_past_parsing() {
+    let generated = pfuzz::corpus(TARGET);
     // Together they get past parsing: signals relayed between neighbours,
     // reconfigurations, a lone accuser or a reported relay cut off.
     let (mut signals, mut reconfigurations, mut cut_off) = (0, 0, 0);
@@ -43,18 +30,16 @@ fn the_committed_seeds_are_the_generated_ones_and_pass() {
     assert!(cut_off > 0, "no report led to a cut-off");
 }
 
+miostream_protocol::fuzz_proptests!(
+    stable,
+    "manager_signals",
+    miostream_supervisor::fuzz::manager_signals,
+    512,
+    seeds = miostream_supervisor::fuzz::seeds()
+);
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
-
-    #[test]
-    fn random_bytes(data in proptest::collection::vec(any::<u8>(), 0..1024)) {
-        let _ = manager_signals(&data);
-    }
-
-    #[test]
-    fn mutated_seeds(pick in any::<usize>(), raw in proptest::collection::vec(any::<(u8, usize, usize, usize)>(), 1..6)) {
-        let _ = manager_signals(&pfuzz::mutate_raw(&pfuzz::corpus(TARGET), pick, &raw));
-    }
 
     /// Every signaling message type (the `signal_parse` seeds, mutated: a
     /// fuzzer's peer messages) from random peers at random times: the

@@ -19,10 +19,8 @@ use futures_util::{SinkExt, StreamExt};
 use miostream_auth::{PeerHandshake, PeerStep, CHANNEL_BINDING_LABEL};
 use miostream_peer::{ClientError, Identity, SupervisorClient, SupervisorConnection};
 use miostream_protocol::signal::{ErrorCode, SignalPayload};
-use miostream_protocol::{
-    ComponentType, IntegrityMode, PeerId, PeerMessage, SupervisorMessage, TopologyKind,
-};
-use miostream_test_support::supervisor::{keys, TestSupervisor, WAIT};
+use miostream_protocol::{ComponentType, PeerId, PeerMessage, SupervisorMessage, TopologyKind};
+use miostream_test_support::supervisor::{announce, join, keys, recv_until, TestSupervisor, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -157,50 +155,29 @@ async fn authenticate(ws: &mut RawWs, sup: &TestSupervisor, key: usize) -> PeerI
     }
 }
 
-async fn announce(b: &mut SupervisorClient, name: &str) {
-    b.send(&PeerMessage::AnnounceStream {
-        name: name.into(),
-        topology: TopologyKind::Tree,
-        integrity: IntegrityMode::Hmac,
-        media_type: "video/webm".into(),
-        signing_key: None,
-        resume: None,
-    })
-    .await
-    .unwrap();
-    recv_until(b, |m| {
-        matches!(m, SupervisorMessage::StreamAnnounced { .. }).then_some(())
-    })
-    .await;
+/// Joins `name`, which must succeed.
+async fn join_ok(r: &mut SupervisorClient, name: &str) {
+    let joined = join(r, name).await;
+    assert!(
+        matches!(joined, SupervisorMessage::StreamJoined { .. }),
+        "{joined:?}"
+    );
 }
 
-async fn join(r: &mut SupervisorClient, name: &str) {
-    r.send(&PeerMessage::JoinStream {
-        name: name.into(),
-        capacity: Default::default(),
-    })
+/// Connects with pool key `key` as peer id `id`.
+async fn connect_as(
+    sup: &TestSupervisor,
+    key: usize,
+    id: PeerId,
+) -> Result<SupervisorClient, ClientError> {
+    SupervisorClient::connect_as(
+        &sup.url,
+        &Identity::from_key(keys()[key].clone()),
+        &sup.trust,
+        ComponentType::Receiver,
+        id,
+    )
     .await
-    .unwrap();
-    recv_until(r, |m| {
-        matches!(m, SupervisorMessage::StreamJoined { .. }).then_some(())
-    })
-    .await;
-}
-
-async fn recv_until<T>(
-    client: &mut SupervisorClient,
-    mut pick: impl FnMut(SupervisorMessage) -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let msg = client
-            .recv_within(deadline.saturating_duration_since(Instant::now()))
-            .await
-            .expect("message before the deadline");
-        if let Some(t) = pick(msg) {
-            return t;
-        }
-    }
 }
 
 fn rejection(err: ClientError) -> (ErrorCode, String) {
@@ -282,31 +259,15 @@ async fn keys_below_the_minimum_are_refused_with_the_reason() {
 async fn a_duplicate_peer_id_is_refused_and_the_first_session_goes_on() {
     let sup = TestSupervisor::start(&[0], &[1, 2], |_| {}).await;
     let mut b = sup.connect(0, ComponentType::Broadcaster).await.unwrap();
-    announce(&mut b, "cam").await;
+    announce(&mut b, "cam", TopologyKind::Tree).await;
     let id = PeerId::random();
-    let mut first = SupervisorClient::connect_as(
-        &sup.url,
-        &Identity::from_key(keys()[1].clone()),
-        &sup.trust,
-        ComponentType::Receiver,
-        id,
-    )
-    .await
-    .unwrap();
-    join(&mut first, "cam").await;
+    let mut first = connect_as(&sup, 1, id).await.unwrap();
+    join_ok(&mut first, "cam").await;
     // Another key claiming the same id, then the same key reconnecting while
     // its session is live: both authenticate (the id is not secret) but are
     // refused at registration, before the hub hears a message from them.
     for key in [2, 1] {
-        let mut dup = SupervisorClient::connect_as(
-            &sup.url,
-            &Identity::from_key(keys()[key].clone()),
-            &sup.trust,
-            ComponentType::Receiver,
-            id,
-        )
-        .await
-        .unwrap();
+        let mut dup = connect_as(&sup, key, id).await.unwrap();
         match dup.recv().await {
             Err(ClientError::Closed { code, message }) => {
                 assert_eq!(code, ErrorCode::DuplicatePeer, "{message}")
@@ -333,15 +294,7 @@ async fn a_duplicate_peer_id_is_refused_and_the_first_session_goes_on() {
     first.close().await;
     let deadline = Instant::now() + WAIT;
     let mut again = loop {
-        let mut c = SupervisorClient::connect_as(
-            &sup.url,
-            &Identity::from_key(keys()[1].clone()),
-            &sup.trust,
-            ComponentType::Receiver,
-            id,
-        )
-        .await
-        .unwrap();
+        let mut c = connect_as(&sup, 1, id).await.unwrap();
         match c.list_streams().await {
             Ok(_) => break c,
             Err(ClientError::Closed {
@@ -351,7 +304,7 @@ async fn a_duplicate_peer_id_is_refused_and_the_first_session_goes_on() {
             Err(e) => panic!("{e}"),
         }
     };
-    join(&mut again, "cam").await;
+    join_ok(&mut again, "cam").await;
     assert_eq!(b.list_streams().await.unwrap()[0].receivers, 1);
     sup.stop().await;
 }
@@ -543,11 +496,11 @@ async fn a_peer_that_stops_reading_is_cut_off_at_its_send_queue_and_others_go_on
     })
     .await;
     let mut b = sup.connect(0, ComponentType::Broadcaster).await.unwrap();
-    announce(&mut b, "cam").await;
+    announce(&mut b, "cam", TopologyKind::Tree).await;
     let mut stalled = sup.connect(1, ComponentType::Receiver).await.unwrap();
-    join(&mut stalled, "cam").await;
+    join_ok(&mut stalled, "cam").await;
     let mut good = sup.connect(2, ComponentType::Receiver).await.unwrap();
-    join(&mut good, "cam").await;
+    join_ok(&mut good, "cam").await;
     assert_eq!(b.list_streams().await.unwrap()[0].receivers, 2);
     // The broadcaster (its parent) signals it heavily; it never reads. The
     // socket buffers fill, then its queue of 8, and it is dropped.
@@ -586,7 +539,7 @@ async fn a_peer_that_stops_reading_is_cut_off_at_its_send_queue_and_others_go_on
     let streams = good.list_streams().await.unwrap();
     assert_eq!(streams[0].receivers, 1);
     let mut late = sup.connect(1, ComponentType::Receiver).await.unwrap();
-    join(&mut late, "cam").await;
+    join_ok(&mut late, "cam").await;
     assert_eq!(b.list_streams().await.unwrap()[0].receivers, 2);
     drop(stalled);
     sup.stop().await;
