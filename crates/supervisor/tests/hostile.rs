@@ -509,6 +509,7 @@ async fn a_peer_that_stops_reading_is_cut_off_at_its_send_queue_and_others_go_on
         sdp: "a".repeat(32 * 1024),
     };
     let mut sent = 0usize;
+    let flood = Instant::now();
     let cut_after = loop {
         for _ in 0..4 {
             b.send(&PeerMessage::Signal {
@@ -528,6 +529,16 @@ async fn a_peer_that_stops_reading_is_cut_off_at_its_send_queue_and_others_go_on
             "still connected after {sent} messages of 32 KiB"
         );
     };
+    eprintln!(
+        "cut off after {cut_after} messages of 32 KiB, {:?}",
+        flood.elapsed()
+    );
+    // The queue, not the 5 s timeout on a blocked write, cut it off.
+    assert!(
+        flood.elapsed() < Duration::from_secs(4),
+        "cut off only after {:?}",
+        flood.elapsed()
+    );
     // Cut off within what the socket buffers and the queue hold (loopback
     // buffers are a few MiB each way), not after the whole flood.
     assert!(
