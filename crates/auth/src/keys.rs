@@ -45,6 +45,13 @@ pub enum KeyError {
         /// Upper bound.
         max: usize,
     },
+    /// The modulus is too small to be parsed at all (aws-lc refuses RSA
+    /// keys under 2048 bits outright).
+    #[error("RSA key smaller than {min} bits, the minimum accepted")]
+    TooSmall {
+        /// Lower bound.
+        min: usize,
+    },
     /// Key generation failed, or the size is not one of [`RSA_KEY_SIZES`].
     #[error("RSA key generation failed: {0}")]
     Generate(String),
@@ -162,9 +169,15 @@ impl fmt::Debug for PublicKey {
 
 impl PublicKey {
     fn from_der(der: &[u8], min_bits: usize) -> Result<Self, KeyError> {
-        let key = PublicEncryptingKey::from_der(der).map_err(|e| KeyError::Pem {
-            expected: "RSA public key",
-            reason: e.to_string(),
+        let key = PublicEncryptingKey::from_der(der).map_err(|e| match e.to_string().as_str() {
+            // Say what is wrong: it is a key, just too weak.
+            "TooSmall" => KeyError::TooSmall {
+                min: min_bits.max(MIN_RSA_BITS),
+            },
+            reason => KeyError::Pem {
+                expected: "RSA public key",
+                reason: reason.to_owned(),
+            },
         })?;
         check_bits(key.key_size_bits(), min_bits)?;
         Ok(Self {

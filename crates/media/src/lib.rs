@@ -31,6 +31,8 @@ mod reassemble;
 mod split;
 
 pub mod chunk;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod playback;
 
 pub use codecs::{init_codecs, live_media_type};

@@ -322,22 +322,33 @@ fn looping_shifts_cluster_timestamps() {
     assert_eq!(c2.bytes, c1.bytes);
 }
 
+#[test]
+fn the_seeds_hold_an_init_segment_a_cluster_and_truncations() {
+    let committed = miostream_protocol::fuzz::corpus("webm_splitter");
+    assert!(
+        committed.len() >= 5,
+        "init, cluster and truncations: {}",
+        committed.len()
+    );
+}
+
+// The `webm_splitter` fuzz target's harness on the stable toolchain.
+miostream_protocol::fuzz_proptests!(
+    stable,
+    "webm_splitter",
+    miostream_media::fuzz::webm_splitter,
+    256,
+    seeds = miostream_media::fuzz::seeds(&bundled())
+);
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
-
-    #[test]
-    fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..4096), cut in any::<usize>()) {
-        let mut s = Splitter::new();
-        let cut = cut % (bytes.len() + 1);
-        let _ = s.push(&bytes[..cut]).and_then(|_| s.push(&bytes[cut..])).and_then(|_| s.finish());
-    }
 
     #[test]
     fn mutated_real_webm_never_panics(at in 0usize..4000, byte in any::<u8>()) {
         let mut data = bundled();
         data.truncate(200_000);
         data[at] = byte;
-        let mut s = Splitter::new();
-        let _ = s.push(&data).and_then(|_| s.finish());
+        miostream_media::fuzz::webm_splitter(&data);
     }
 }

@@ -12,6 +12,8 @@
 //! typed error; none of them panics on peer input.
 
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzz;
 mod ids;
 pub mod signal;
 

@@ -22,11 +22,13 @@
 //! It does not verify chunks itself ([`Verify`] is the caller's integrity
 //! check) and does not parse media.
 
+#[doc(hidden)]
+pub mod fuzz;
 mod relay;
 mod store;
 
 pub use relay::{Relay, RelayStats, GARBAGE_ALLOWANCE};
-pub use store::ChunkStore;
+pub use store::{ChunkStore, MAX_INIT_CHUNKS};
 
 use std::time::Duration;
 

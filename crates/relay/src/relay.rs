@@ -533,13 +533,17 @@ impl<V: Verify> Relay<V> {
                         return;
                     }
                 }
+                if !self.store.insert(header, frame.clone()) {
+                    // An init segment past its bound: dropped, not forwarded.
+                    self.stats.rejected += 1;
+                    return;
+                }
                 self.arrivals.push_back((header.seq, now));
                 if self.arrivals.len() > ARRIVALS_KEPT {
                     self.arrivals.pop_front();
                 }
                 self.stats.chunks_received += 1;
                 self.stats.bytes_received += chunk.payload.len() as u64;
-                self.store.insert(header, frame.clone());
                 self.advance_tail(&header, now);
                 self.forward(Some(from), &frame, now);
                 self.deliver(now);

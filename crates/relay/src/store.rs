@@ -7,6 +7,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use miostream_protocol::{ChunkFlags, ChunkHeader, ChunkKind};
 
+/// Chunks an init segment may span (4 MiB of frames; real ones are a few
+/// KB): chunks of one segment beyond it are refused, so a stream of
+/// init chunks that never starts a new segment cannot grow the buffer.
+pub const MAX_INIT_CHUNKS: usize = 256;
+
 /// Stored chunks by sequence number.
 #[derive(Debug, Default)]
 pub struct ChunkStore {
@@ -39,6 +44,9 @@ impl ChunkStore {
                 let newer = self.init.first().is_none_or(|(h, _)| header.seq > h.seq);
                 if header.flags.contains(ChunkFlags::CLUSTER_START) && newer {
                     self.init.clear();
+                }
+                if self.init.len() >= MAX_INIT_CHUNKS {
+                    return false;
                 }
                 self.init.push((header, frame));
                 self.init.sort_by_key(|(h, _)| h.seq);

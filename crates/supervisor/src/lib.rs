@@ -13,11 +13,13 @@
 //! It does not carry media: chunks flow peer to peer.
 
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod manager;
 pub mod monitor;
 pub mod server;
 pub mod state;
-mod tls;
+pub mod tls;
 
 pub use config::SupervisorConfig;
 pub use server::Server;

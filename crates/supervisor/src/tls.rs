@@ -7,8 +7,9 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// Builds the server config from PEM texts.
-pub(crate) fn server_config(chain_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>, String> {
+/// Builds the server config from PEM texts (also the test support's fake
+/// supervisor's, so peers' tests meet the same TLS).
+pub fn server_config(chain_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>, String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| format!("TLS certificate: {e}"))?;

@@ -13,56 +13,7 @@ use miostream_protocol::signal::{ErrorCode, Links, SignalPayload};
 use miostream_protocol::{
     ComponentType, IntegrityMode, PeerId, PeerMessage, SupervisorMessage, TopologyKind,
 };
-use miostream_test_support::supervisor::{keys, TestSupervisor, WAIT};
-
-/// Receives until `pick` accepts a message; fails after WAIT.
-async fn recv_until<T>(
-    client: &mut SupervisorClient,
-    mut pick: impl FnMut(SupervisorMessage) -> Option<T>,
-) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let msg = client
-            .recv_within(left)
-            .await
-            .expect("message before the deadline");
-        if let Some(t) = pick(msg) {
-            return t;
-        }
-    }
-}
-
-async fn announce(b: &mut SupervisorClient, name: &str, topology: TopologyKind) {
-    b.send(&PeerMessage::AnnounceStream {
-        name: name.into(),
-        topology,
-        integrity: IntegrityMode::Hmac,
-        media_type: "video/webm".into(),
-        signing_key: None,
-        resume: None,
-    })
-    .await
-    .unwrap();
-    recv_until(b, |m| {
-        matches!(m, SupervisorMessage::StreamAnnounced { .. }).then_some(())
-    })
-    .await;
-}
-
-async fn join(r: &mut SupervisorClient, name: &str) -> SupervisorMessage {
-    r.send(&PeerMessage::JoinStream {
-        name: name.into(),
-        capacity: Default::default(),
-    })
-    .await
-    .unwrap();
-    recv_until(r, |m| match m {
-        m @ (SupervisorMessage::StreamJoined { .. } | SupervisorMessage::Error { .. }) => Some(m),
-        _ => None,
-    })
-    .await
-}
+use miostream_test_support::supervisor::{announce, join, keys, recv_until, TestSupervisor, WAIT};
 
 /// Drains a client's queue up to a LIST_STREAMS barrier, returning the last
 /// links it was sent (everything the hub queued before the barrier).

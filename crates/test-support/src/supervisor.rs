@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use miostream_auth::PrivateKey;
 use miostream_peer::{ClientError, Identity, SupervisorClient, SupervisorUrl, Trust};
-use miostream_protocol::ComponentType;
+use miostream_protocol::{
+    ComponentType, IntegrityMode, PeerMessage, SupervisorMessage, TopologyKind,
+};
 use miostream_supervisor::{Server, StateDir, SupervisorConfig};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -172,4 +174,55 @@ impl TestSupervisor {
             tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
         }
     }
+}
+
+/// Receives until `pick` accepts a message; fails after WAIT.
+pub async fn recv_until<T>(
+    client: &mut SupervisorClient,
+    mut pick: impl FnMut(SupervisorMessage) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let msg = client
+            .recv_within(left)
+            .await
+            .expect("message before the deadline");
+        if let Some(t) = pick(msg) {
+            return t;
+        }
+    }
+}
+
+/// Announces an HMAC stream `name` and waits until it is announced.
+pub async fn announce(b: &mut SupervisorClient, name: &str, topology: TopologyKind) {
+    b.send(&PeerMessage::AnnounceStream {
+        name: name.into(),
+        topology,
+        integrity: IntegrityMode::Hmac,
+        media_type: "video/webm".into(),
+        signing_key: None,
+        resume: None,
+    })
+    .await
+    .unwrap();
+    recv_until(b, |m| {
+        matches!(m, SupervisorMessage::StreamAnnounced { .. }).then_some(())
+    })
+    .await;
+}
+
+/// Asks to join `name`; returns `STREAM_JOINED` or the `ERROR`.
+pub async fn join(r: &mut SupervisorClient, name: &str) -> SupervisorMessage {
+    r.send(&PeerMessage::JoinStream {
+        name: name.into(),
+        capacity: Default::default(),
+    })
+    .await
+    .unwrap();
+    recv_until(r, |m| match m {
+        m @ (SupervisorMessage::StreamJoined { .. } | SupervisorMessage::Error { .. }) => Some(m),
+        _ => None,
+    })
+    .await
 }
