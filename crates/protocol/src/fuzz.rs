@@ -478,6 +478,7 @@ pub fn seed_signals() -> Vec<(String, Vec<u8>)> {
             upstream: b,
             seq: 4,
             reason: "bad tag".into(),
+            chunk: None,
         },
         PeerMessage::ReportLagging { upstream: b },
         PeerMessage::QosReport {

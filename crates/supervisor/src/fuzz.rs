@@ -205,6 +205,9 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
                 upstream: peer(upstream),
                 seq: 9,
                 reason: "bad tag".into(),
+                // One report's "evidence" is no chunk: the supervisor
+                // disproves it and cuts the accuser out.
+                chunk: (from == 3).then(|| "AAAA".into()),
             },
         ));
         reports.extend(record(
