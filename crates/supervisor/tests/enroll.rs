@@ -44,6 +44,32 @@ fn paths(root: &std::path::Path, role: ComponentType) -> PeerPaths {
     PeerPaths::under(&root.join("data"), &root.join("config"), role)
 }
 
+/// Enrolls as `role` with the identity and profile under `root`.
+async fn enroll_at(
+    file: &std::path::Path,
+    root: &std::path::Path,
+    role: ComponentType,
+) -> Result<miostream_peer::enroll::Enrolled, EnrollError> {
+    enroll(file, role, paths(root, role)).await
+}
+
+/// Connects with what enrolling under `root` stored, no flags.
+async fn connect_enrolled(
+    root: &std::path::Path,
+    role: ComponentType,
+) -> (miostream_peer::Connection, miostream_peer::SupervisorClient) {
+    let conn = miostream_peer::resolve(role, Ok(paths(root, role)), None, None, None).unwrap();
+    let client = miostream_peer::SupervisorClient::connect(
+        &conn.supervisor,
+        &conn.identity,
+        &conn.trust,
+        role,
+    )
+    .await
+    .unwrap();
+    (conn, client)
+}
+
 async fn presence(sup: &TestSupervisor) -> ControlReply {
     let state = sup.state();
     tokio::task::spawn_blocking(move || state.ask_running(ControlRequest::Peers))
@@ -67,13 +93,9 @@ async fn an_invite_enrolls_a_key_that_then_authenticates_with_its_label() {
     let secret = std::fs::read_to_string(&file).unwrap();
 
     let alice = tmp.path().join("alice");
-    let done = enroll(
-        &file,
-        ComponentType::Receiver,
-        paths(&alice, ComponentType::Receiver),
-    )
-    .await
-    .unwrap();
+    let done = enroll_at(&file, &alice, ComponentType::Receiver)
+        .await
+        .unwrap();
     assert!(done.new_identity);
     assert_eq!(done.label.as_deref(), Some("town hall"));
     // The profile carries the URL and the trust bundle, never the secret.
@@ -85,22 +107,7 @@ async fn an_invite_enrolls_a_key_that_then_authenticates_with_its_label() {
     assert!(!profile.contains(file_secret));
 
     // Flags-free: the enrolled profile is all a peer needs.
-    let conn = miostream_peer::resolve(
-        ComponentType::Receiver,
-        Ok(paths(&alice, ComponentType::Receiver)),
-        None,
-        None,
-        None,
-    )
-    .unwrap();
-    let mut client = miostream_peer::SupervisorClient::connect(
-        &conn.supervisor,
-        &conn.identity,
-        &conn.trust,
-        ComponentType::Receiver,
-    )
-    .await
-    .unwrap();
+    let (conn, mut client) = connect_enrolled(&alice, ComponentType::Receiver).await;
     assert!(client.list_streams().await.unwrap().is_empty());
 
     // Its label is on the authorized list and, once it joins a stream, in
@@ -160,23 +167,15 @@ async fn an_invite_enrolls_a_key_that_then_authenticates_with_its_label() {
     assert_eq!(me.connected, 1);
 
     // Enrolling again keeps the identity (and spends the second use).
-    let again = enroll(
-        &file,
-        ComponentType::Receiver,
-        paths(&alice, ComponentType::Receiver),
-    )
-    .await
-    .unwrap();
+    let again = enroll_at(&file, &alice, ComponentType::Receiver)
+        .await
+        .unwrap();
     assert!(!again.new_identity);
     assert_eq!(again.fingerprint, fp.to_string());
     // Now it is used up.
-    let err = enroll(
-        &file,
-        ComponentType::Receiver,
-        paths(&alice, ComponentType::Receiver),
-    )
-    .await
-    .unwrap_err();
+    let err = enroll_at(&file, &alice, ComponentType::Receiver)
+        .await
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         "enrollment refused: this invite is used up"
@@ -193,29 +192,10 @@ async fn enrolled_broadcaster(
     let req = request(sup, ComponentType::Broadcaster, 1, "studio");
     let (file, _) = invite(sup, &req, unix_now(), tmp);
     let root = tmp.join("studio");
-    enroll(
-        &file,
-        ComponentType::Broadcaster,
-        paths(&root, ComponentType::Broadcaster),
-    )
-    .await
-    .unwrap();
-    let conn = miostream_peer::resolve(
-        ComponentType::Broadcaster,
-        Ok(paths(&root, ComponentType::Broadcaster)),
-        None,
-        None,
-        None,
-    )
-    .unwrap();
-    miostream_peer::SupervisorClient::connect(
-        &conn.supervisor,
-        &conn.identity,
-        &conn.trust,
-        ComponentType::Broadcaster,
-    )
-    .await
-    .unwrap()
+    enroll_at(&file, &root, ComponentType::Broadcaster)
+        .await
+        .unwrap();
+    connect_enrolled(&root, ComponentType::Broadcaster).await.1
 }
 
 #[tokio::test]
