@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use miostream_broadcaster::{run, BroadcastConfig, Input};
-use miostream_peer::{keygen, one_line, Identity, SupervisorUrl, Trust};
-use miostream_protocol::{IntegrityMode, TopologyKind};
+use miostream_peer::{keygen, one_line, ConnectionFlags, PeerPaths};
+use miostream_protocol::{ComponentType, IntegrityMode, TopologyKind};
 
 #[derive(Parser)]
 #[command(
@@ -37,17 +37,18 @@ enum Command {
         #[arg(long, default_value_t = 2048)]
         bits: usize,
     },
+    /// Enroll with an invite from the supervisor's operator: creates this
+    /// broadcaster's identity if there is none, registers its key and
+    /// stores the supervisor's URL and trust bundle, so that `run` needs no
+    /// connection flags.
+    Enroll {
+        /// The invite file (`miostream-supervisor invite --role broadcaster`).
+        file: PathBuf,
+    },
     /// Announce a stream and broadcast it until the input ends or SIGINT/SIGTERM.
     Run {
-        /// Supervisor URL, wss://HOST:PORT.
-        #[arg(long)]
-        supervisor: SupervisorUrl,
-        /// Identity directory (from keygen).
-        #[arg(long)]
-        identity: PathBuf,
-        /// The supervisor's trust bundle (its DIR/trust).
-        #[arg(long)]
-        trust: PathBuf,
+        #[command(flatten)]
+        conn: ConnectionFlags,
         /// Stream name.
         #[arg(long)]
         stream: String,
@@ -105,10 +106,18 @@ fn main_inner(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Enroll { file } => {
+            let role = ComponentType::Broadcaster;
+            let paths = PeerPaths::from_env(role)?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            println!(
+                "{}",
+                runtime.block_on(miostream_peer::enroll(&file, role, paths))?
+            );
+            Ok(())
+        }
         Command::Run {
-            supervisor,
-            identity,
-            trust,
+            conn,
             stream,
             topology,
             integrity,
@@ -130,10 +139,11 @@ fn main_inner(cli: Cli) -> anyhow::Result<()> {
                     anyhow::bail!("give --input FILE.webm, --input - or --webcam /dev/videoN")
                 }
             };
+            let conn = conn.resolve(ComponentType::Broadcaster)?;
             let config = BroadcastConfig {
-                supervisor,
-                identity: Identity::load(&identity)?,
-                trust: Trust::load(&trust)?,
+                supervisor: conn.supervisor,
+                identity: conn.identity,
+                trust: conn.trust,
                 stream,
                 topology,
                 integrity,

@@ -60,3 +60,62 @@ fn missing_inputs_and_cameras_are_clear_errors() {
     let out = Command::new(BIN).args(&args).output().unwrap();
     assert!(!out.status.success());
 }
+
+/// `enroll` with a broadcaster invite, then `run` with no connection flags
+/// gets as far as the input (the connection resolved from the profile);
+/// without enrolling, `run` says to enroll. HOME and XDG are the test's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enroll_then_run_without_connection_flags() {
+    use miostream_protocol::ComponentType;
+    use miostream_supervisor::invites::InviteRequest;
+    let sup = miostream_test_support::supervisor::TestSupervisor::start(&[], &[], |_| {}).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cmd = |args: &[&str]| {
+        let mut c = tokio::process::Command::new(BIN);
+        c.args(args)
+            .env("HOME", tmp.path())
+            .env("XDG_DATA_HOME", tmp.path().join("data"))
+            .env("XDG_CONFIG_HOME", tmp.path().join("config"))
+            .env_remove("MIOSTREAM_SUPERVISOR")
+            .env_remove("MIOSTREAM_IDENTITY")
+            .env_remove("MIOSTREAM_TRUST");
+        c
+    };
+    let run_args = ["run", "--stream", "s", "--input", "/nonexistent/talk.webm"];
+    let out = cmd(&run_args).output().await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.trim().contains("miostream-broadcaster enroll"), "{err}");
+
+    let req = InviteRequest {
+        role: ComponentType::Broadcaster,
+        uses: 1,
+        valid_secs: 600,
+        label: Some("stage".into()),
+        urls: vec![sup.url.to_string()],
+    };
+    let (_, file) = sup
+        .state()
+        .create_invite(&req, miostream_supervisor::state::unix_now())
+        .unwrap();
+    let path = tmp.path().join("invite.toml");
+    miostream_supervisor::StateDir::write_invite(&path, &file).unwrap();
+    let out = cmd(&["enroll", path.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(tmp
+        .path()
+        .join("data/miostream/broadcaster/peer.key")
+        .exists());
+    let out = cmd(&run_args).output().await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot open /nonexistent/talk.webm"), "{err}");
+    sup.stop().await;
+}

@@ -121,17 +121,38 @@ impl Trust {
     /// Loads `TRUST_DIR/ca.crt` and `TRUST_DIR/supervisor.pub`.
     pub fn load(dir: &Path) -> Result<Self, IdentityError> {
         let ca_path = dir.join("ca.crt");
-        let pem = fs::read(&ca_path).map_err(io(&ca_path))?;
-        let ca = CertificateDer::from_pem_slice(&pem).map_err(|e| IdentityError::Certificate {
-            path: ca_path.clone(),
-            reason: e.to_string(),
-        })?;
+        let pem = fs::read_to_string(&ca_path).map_err(io(&ca_path))?;
         let key_path = dir.join("supervisor.pub");
         let key_pem = fs::read_to_string(&key_path).map_err(io(&key_path))?;
+        Self::parse(&pem, &ca_path, &key_pem, &key_path)
+    }
+
+    /// The bundle from its two PEMs, as an invite or a profile carries
+    /// them (`from` names that file in errors).
+    pub fn from_pem(
+        ca_crt: &str,
+        supervisor_pub: &str,
+        from: &Path,
+    ) -> Result<Self, IdentityError> {
+        Self::parse(ca_crt, from, supervisor_pub, from)
+    }
+
+    fn parse(
+        ca_pem: &str,
+        ca_path: &Path,
+        key_pem: &str,
+        key_path: &Path,
+    ) -> Result<Self, IdentityError> {
+        let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|e| {
+            IdentityError::Certificate {
+                path: ca_path.to_owned(),
+                reason: e.to_string(),
+            }
+        })?;
         let supervisor_key =
-            PublicKey::from_pem(&key_pem, miostream_auth::MIN_RSA_BITS).map_err(|source| {
+            PublicKey::from_pem(key_pem, miostream_auth::MIN_RSA_BITS).map_err(|source| {
                 IdentityError::Key {
-                    path: key_path,
+                    path: key_path.to_owned(),
                     source,
                 }
             })?;

@@ -9,6 +9,7 @@
 
 mod check;
 mod client;
+pub mod enroll;
 mod identity;
 mod net;
 mod node;
@@ -17,6 +18,7 @@ pub mod transport;
 
 pub use check::integrity_check;
 pub use client::{ClientError, SupervisorClient, SupervisorConnection, SupervisorUrl};
+pub use enroll::{enroll, resolve, Connection, ConnectionFlags, EnrollError, PeerPaths};
 pub use identity::{keygen, Identity, IdentityError, Trust};
 pub use net::local_ip_towards;
 pub use node::{

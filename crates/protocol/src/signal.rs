@@ -15,6 +15,12 @@
 //! SIGNAL, STREAM_ENDED, INJECT_FAILURE, ERROR from the supervisor.
 //! ```
 //!
+//! Enrollment replaces the handshake on a connection: a peer holding an
+//! invite answers `COLLECT_PEER_INFO_REQUEST` with `ENROLL_REQUEST` (its
+//! public key and the invite's secret); the supervisor answers `ENROLLED`
+//! or a fatal `ERROR` (`invite_refused`) and closes. One attempt per
+//! connection; the peer then connects again and runs the handshake.
+//!
 //! `QOS_REPORT` and `INJECT_FAILURE` serve the monitor (paper §3.1): a
 //! receiver reports its QoS about once a second, and the monitor's failure
 //! injector tells a receiver to fail (crash and rejoin as a new viewer).
@@ -182,6 +188,66 @@ pub enum ErrorCode {
     Misbehaving,
     /// The supervisor is shutting down.
     ShuttingDown,
+    /// An enrollment's invite is unknown, used up, expired, revoked or for
+    /// another role (the message says which).
+    InviteRefused,
+}
+
+/// Length of an invite's secret on the wire: 32 random bytes in hex.
+pub const INVITE_SECRET_LEN: usize = 64;
+/// Longest label a peer's key may carry.
+pub const MAX_LABEL_LEN: usize = 64;
+
+/// An invite's one-time enrollment secret. Its `Debug` never shows it, so
+/// a logged message or error cannot leak it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct InviteSecret(pub String);
+
+impl std::fmt::Debug for InviteSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InviteSecret(..)")
+    }
+}
+
+/// The file `miostream-supervisor invite` writes (TOML, mode 0600) and
+/// `enroll` reads: where the supervisor is, how to pin it, and the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InviteFile {
+    /// Where to reach the supervisor (`wss://HOST:PORT`), tried in order.
+    pub urls: Vec<String>,
+    /// The role the invite enrolls.
+    pub role: ComponentType,
+    /// The label the enrolled key gets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// When the invite expires (Unix seconds).
+    pub expires: u64,
+    /// The one-time secret.
+    pub secret: InviteSecret,
+    /// The supervisor's CA certificate (PEM): `trust/ca.crt`.
+    pub ca_crt: String,
+    /// The supervisor's RSA public key (PEM): `trust/supervisor.pub`.
+    pub supervisor_pub: String,
+}
+
+/// Largest invite file a peer reads.
+pub const MAX_INVITE_FILE_LEN: usize = 64 * 1024;
+
+/// Whether `label` may label a key: 1 to [`MAX_LABEL_LEN`] characters,
+/// no control characters and no `#` (the authorized list's comment mark).
+pub fn valid_label(label: &str) -> Result<(), String> {
+    if label.trim().is_empty() || label.trim() != label {
+        return Err("a label is not empty and has no leading or trailing spaces".into());
+    }
+    if label.chars().count() > MAX_LABEL_LEN {
+        return Err(format!("a label has at most {MAX_LABEL_LEN} characters"));
+    }
+    if label.chars().any(|c| c.is_control() || c == '#') {
+        return Err("a label has no control characters and no '#'".into());
+    }
+    Ok(())
 }
 
 /// A message sent by the supervisor to a peer.
@@ -213,6 +279,17 @@ pub enum SupervisorMessage {
         heartbeat_interval_ms: u64,
         /// Silence after which either side gives the other up (ms).
         heartbeat_timeout_ms: u64,
+    },
+    /// Answer to [`PeerMessage::EnrollRequest`]: the key is authorized now
+    /// (the connection closes; connect again to authenticate).
+    Enrolled {
+        /// The key's fingerprint (SHA-256 of its SPKI, hex).
+        fingerprint: String,
+        /// The role it is authorized for.
+        role: ComponentType,
+        /// The invite's label, if it had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        label: Option<String>,
     },
     /// Answer to `ANNOUNCE_STREAM`: the stream is live.
     StreamAnnounced {
@@ -306,6 +383,18 @@ pub enum PeerMessage {
     },
     /// Handshake: the supervisor's key matched the trust bundle.
     AuthenticationResponse {},
+    /// Instead of `COLLECT_PEER_INFO_RESPONSE`: register this key with an
+    /// invite's one-time secret (see the module doc).
+    EnrollRequest {
+        /// The peer's protocol version.
+        protocol_version: u8,
+        /// The invite's secret ([`INVITE_SECRET_LEN`] hex digits).
+        secret: InviteSecret,
+        /// The peer's RSA public key (SPKI PEM).
+        public_key: String,
+        /// The role it enrolls as (must be the invite's).
+        component_type: ComponentType,
+    },
     /// Handshake: the answer, RSA-OAEP encrypted to the supervisor's key (base64).
     AuthenticationChallengeResponse {
         /// Encrypted answer.
@@ -465,6 +554,7 @@ impl SupervisorMessage {
             Self::AuthenticationRequest { .. } => "AUTHENTICATION_REQUEST",
             Self::AuthenticationChallengeRequest { .. } => "AUTHENTICATION_CHALLENGE_REQUEST",
             Self::Authenticated { .. } => "AUTHENTICATED",
+            Self::Enrolled { .. } => "ENROLLED",
             Self::StreamAnnounced { .. } => "STREAM_ANNOUNCED",
             Self::StreamList { .. } => "STREAM_LIST",
             Self::StreamJoined { .. } => "STREAM_JOINED",
@@ -493,6 +583,7 @@ impl PeerMessage {
         match self {
             Self::CollectPeerInfoResponse { .. } => "COLLECT_PEER_INFO_RESPONSE",
             Self::AuthenticationResponse { .. } => "AUTHENTICATION_RESPONSE",
+            Self::EnrollRequest { .. } => "ENROLL_REQUEST",
             Self::AuthenticationChallengeResponse { .. } => "AUTHENTICATION_CHALLENGE_RESPONSE",
             Self::AnnounceStream { .. } => "ANNOUNCE_STREAM",
             Self::ListStreams { .. } => "LIST_STREAMS",
@@ -639,6 +730,37 @@ mod tests {
         // A sender's unrounded figure goes out as is and comes back rounded.
         let m = qos(1.0 / 3.0);
         assert_eq!(PeerMessage::from_json(&m.to_json()).unwrap(), qos(0.333));
+    }
+
+    #[test]
+    fn enrollment_on_the_wire() {
+        let m = PeerMessage::EnrollRequest {
+            protocol_version: 1,
+            secret: InviteSecret("ab".repeat(32)),
+            public_key: "PEM".into(),
+            component_type: ComponentType::Receiver,
+        };
+        assert!(m.to_json().starts_with(r#"{"type":"ENROLL_REQUEST""#));
+        assert_eq!(PeerMessage::from_json(&m.to_json()).unwrap(), m);
+        assert_eq!(m.name(), "ENROLL_REQUEST");
+        assert!(!format!("{m:?}").contains("abab"), "Debug hides the secret");
+        assert!(valid_label("Alice's laptop").is_ok());
+        for bad in ["", " x", "a#b", "a\nb", "x".repeat(65).as_str()] {
+            assert!(valid_label(bad).is_err(), "{bad:?}");
+        }
+        let e = SupervisorMessage::Enrolled {
+            fingerprint: "00".repeat(32),
+            role: ComponentType::Broadcaster,
+            label: None,
+        };
+        assert!(!e.to_json().contains("label"));
+        assert_eq!(SupervisorMessage::from_json(&e.to_json()).unwrap(), e);
+        let refused = SupervisorMessage::Error {
+            code: ErrorCode::InviteRefused,
+            message: "this invite is used up".into(),
+            fatal: true,
+        };
+        assert!(refused.to_json().contains(r#""code":"invite_refused""#));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use miostream_media_io::{LiveServer, ServeConfig, STREAM_PATH};
-use miostream_peer::{keygen, Identity, SupervisorClient, SupervisorUrl, Trust};
+use miostream_peer::{keygen, ConnectionFlags, PeerPaths, SupervisorClient};
 use miostream_protocol::ComponentType;
 use miostream_receiver::{run_serving as receive, Output, ReceiveConfig};
 
@@ -40,29 +40,23 @@ enum Command {
         #[arg(long, default_value_t = 2048)]
         bits: usize,
     },
+    /// Enroll with an invite from the supervisor's operator: creates this
+    /// receiver's identity if there is none, registers its key and stores
+    /// the supervisor's URL and trust bundle, so that `run`, `list` and
+    /// `watch` need no connection flags.
+    Enroll {
+        /// The invite file (`miostream-supervisor invite`).
+        file: PathBuf,
+    },
     /// List the supervisor's live streams.
     List {
-        /// Supervisor URL, wss://HOST:PORT.
-        #[arg(long)]
-        supervisor: SupervisorUrl,
-        /// Identity directory (from keygen).
-        #[arg(long)]
-        identity: PathBuf,
-        /// The supervisor's trust bundle (its DIR/trust).
-        #[arg(long)]
-        trust: PathBuf,
+        #[command(flatten)]
+        conn: ConnectionFlags,
     },
     /// Join a stream: play it (to a file or stdout), relay it, report QoS.
     Run {
-        /// Supervisor URL, wss://HOST:PORT.
-        #[arg(long)]
-        supervisor: SupervisorUrl,
-        /// Identity directory (from keygen).
-        #[arg(long)]
-        identity: PathBuf,
-        /// The supervisor's trust bundle (its DIR/trust).
-        #[arg(long)]
-        trust: PathBuf,
+        #[command(flatten)]
+        conn: ConnectionFlags,
         /// Stream name.
         #[arg(long)]
         stream: String,
@@ -103,15 +97,8 @@ enum Command {
     Watch {
         /// Stream name.
         name: String,
-        /// Supervisor URL, wss://HOST:PORT.
-        #[arg(long)]
-        supervisor: SupervisorUrl,
-        /// Identity directory (from keygen).
-        #[arg(long)]
-        identity: PathBuf,
-        /// The supervisor's trust bundle (its DIR/trust).
-        #[arg(long)]
-        trust: PathBuf,
+        #[command(flatten)]
+        conn: ConnectionFlags,
         /// Which player: the first of mpv, VLC, ffplay and a browser that is
         /// installed (auto), one of them, or none (print the URLs and serve
         /// until interrupted).
@@ -226,10 +213,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Enroll { file } => enroll(&file, ComponentType::Receiver),
         Command::Run {
-            supervisor,
-            identity,
-            trust,
+            conn,
             stream,
             out,
             serve,
@@ -249,10 +235,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(p) if p.as_os_str() == "-" => Output::Stdout,
                 Some(p) => Output::File(p),
             };
+            let conn = conn.resolve(ComponentType::Receiver)?;
             let config = ReceiveConfig {
-                supervisor,
-                identity: Identity::load(&identity)?,
-                trust: Trust::load(&trust)?,
+                supervisor: conn.supervisor,
+                identity: conn.identity,
+                trust: conn.trust,
                 stream,
                 out,
                 serve,
@@ -287,9 +274,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Watch {
             name,
-            supervisor,
-            identity,
-            trust,
+            conn,
             player,
             wait,
             startup_ms,
@@ -297,10 +282,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ice_servers,
         } => {
             let player = pick_player(player)?;
+            let conn = conn.resolve(ComponentType::Receiver)?;
             let config = ReceiveConfig {
-                supervisor,
-                identity: Identity::load(&identity)?,
-                trust: Trust::load(&trust)?,
+                supervisor: conn.supervisor,
+                identity: conn.identity,
+                trust: conn.trust,
                 stream: name,
                 out: Output::Discard,
                 serve: None,
@@ -316,13 +302,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(watch(config, player))
         }
-        Command::List {
-            supervisor,
-            identity,
-            trust,
-        } => {
-            let identity = Identity::load(&identity)?;
-            let trust = Trust::load(&trust)?;
+        Command::List { conn } => {
+            let miostream_peer::Connection {
+                supervisor,
+                identity,
+                trust,
+            } = conn.resolve(ComponentType::Receiver)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(async {
                 let mut client = SupervisorClient::connect(
@@ -348,6 +333,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// `enroll FILE`.
+fn enroll(file: &std::path::Path, role: ComponentType) -> anyhow::Result<()> {
+    let paths = PeerPaths::from_env(role)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    println!(
+        "{}",
+        runtime.block_on(miostream_peer::enroll(file, role, paths))?
+    );
+    Ok(())
 }
 
 /// `watch`: serves on a free loopback port, launches the player on it and

@@ -54,17 +54,16 @@ async fn a_receiver_on_another_host_lists_streams_over_tls() {
         String::from_utf8_lossy(&out.stderr)
     );
     state
-        .authorize(&id_dir.join("peer.pub"), ComponentType::Receiver)
+        .authorize(&id_dir.join("peer.pub"), ComponentType::Receiver, None)
         .unwrap();
 
     // A broadcaster (here, in the test's namespace) announces a stream.
     let bkey = std::sync::Arc::new(miostream_auth::PrivateKey::generate(2048).unwrap());
     std::fs::write(tmp.path().join("b.pub"), bkey.public().to_pem()).unwrap();
     state
-        .authorize(&tmp.path().join("b.pub"), ComponentType::Broadcaster)
+        .authorize(&tmp.path().join("b.pub"), ComponentType::Broadcaster, None)
         .unwrap();
-    // Authorized before the supervisor starts (later changes are picked up
-    // by polling, which this test need not wait for).
+    // Authorized before the supervisor starts.
     let mut config = state.load_config().unwrap();
     config.listen = listen;
     let server = Server::bind(&state, config).await.unwrap();

@@ -163,6 +163,8 @@ pub struct Manager {
     streams: HashMap<StreamId, Stream>,
     by_name: HashMap<String, StreamId>,
     probe_slots: ProbeSlots,
+    /// Operators' labels of keys, shown by the monitor.
+    labels: HashMap<KeyFingerprint, String>,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> SupervisorMessage {
@@ -182,7 +184,13 @@ impl Manager {
             streams: HashMap::new(),
             by_name: HashMap::new(),
             probe_slots: ProbeSlots::default(),
+            labels: HashMap::new(),
         }
+    }
+
+    /// The labels of keys (from the authorized list), for the monitor.
+    pub fn set_labels(&mut self, labels: HashMap<KeyFingerprint, String>) {
+        self.labels = labels;
     }
 
     /// The instant of the next timer, if any (a probe slot's hold).
@@ -887,6 +895,11 @@ impl Manager {
                             backup_children: l.backup_children,
                             neighbours: l.neighbours,
                             qos: self.qos(peer).cloned(),
+                            label: self
+                                .peers
+                                .get(&peer)
+                                .and_then(|p| self.labels.get(&p.key))
+                                .cloned(),
                         })
                     })
                     .collect(),

@@ -50,6 +50,9 @@ pub enum ServerError {
     /// The TLS certificate or key is unusable.
     #[error("TLS: {0}")]
     Tls(String),
+    /// Another supervisor answers on this directory's control socket.
+    #[error("another supervisor is running on {}", .0.display())]
+    Busy(std::path::PathBuf),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -60,22 +63,88 @@ pub enum ServerError {
     },
 }
 
-/// Everything connection tasks share (read-only).
+/// Everything connection tasks share.
 struct Shared {
     config: SupervisorConfig,
     key: Arc<PrivateKey>,
     tls: TlsAcceptor,
     ws_config: WebSocketConfig,
-    authorized: watch::Receiver<Arc<Authorized>>,
+    dir: StateDir,
+    authorized: AuthorizedFile,
+}
+
+/// The authorized list as last read, and the file's stamp then: re-read
+/// when the stamp changes. `authorize` and `revoke` replace the file
+/// atomically, so every edit gets a new inode and the stamp always moves.
+struct AuthorizedFile {
+    path: std::path::PathBuf,
+    current: std::sync::Mutex<(Option<FileStamp>, Versioned)>,
+}
+
+/// A list and its generation (which increases with each re-read), so the
+/// hub, fed by many tasks, never goes back to an older list.
+type Versioned = (u64, Arc<Authorized>);
+
+type FileStamp = (u64, u64, SystemTime);
+
+fn stamp(path: &std::path::Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.len(), m.modified().ok()?))
+}
+
+impl AuthorizedFile {
+    fn load(dir: &StateDir) -> Result<Self, StateError> {
+        let path = dir.authorized_path();
+        let before = stamp(&path);
+        let list = Arc::new(dir.load_authorized()?);
+        Ok(Self {
+            path,
+            current: std::sync::Mutex::new((before, (0, list))),
+        })
+    }
+
+    /// The current list.
+    fn get(&self) -> Versioned {
+        match self.current.lock() {
+            Ok(c) => c.1.clone(),
+            Err(poisoned) => poisoned.into_inner().1.clone(),
+        }
+    }
+
+    /// Re-reads the list if the file changed since it was read (or always,
+    /// with `force`); returns the new list when it was re-read. A broken
+    /// file keeps the previous list.
+    fn refresh(&self, dir: &StateDir, force: bool) -> Option<Versioned> {
+        let mut current = match self.current.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = stamp(&self.path);
+        if !force && now == current.0 {
+            return None;
+        }
+        current.0 = now;
+        match dir.load_authorized() {
+            Ok(list) => {
+                info!(keys = list.len(), "authorized peers reloaded");
+                current.1 = (current.1 .0 + 1, Arc::new(list));
+                Some(current.1.clone())
+            }
+            Err(e) => {
+                warn!("keeping the previous authorized list: {e}");
+                None
+            }
+        }
+    }
 }
 
 /// A bound, not yet running supervisor.
 pub struct Server {
     listener: TcpListener,
     monitor: Option<Monitor>,
+    control: Option<tokio::net::UnixListener>,
     shared: Arc<Shared>,
-    dir: StateDir,
-    authorized_tx: watch::Sender<Arc<Authorized>>,
 }
 
 impl Server {
@@ -90,7 +159,7 @@ impl Server {
         let tls = TlsAcceptor::from(
             crate::tls::server_config(&chain, &tls_key).map_err(ServerError::Tls)?,
         );
-        let (authorized_tx, authorized) = watch::channel(Arc::new(dir.load_authorized()?));
+        let authorized = AuthorizedFile::load(dir)?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -122,18 +191,22 @@ impl Server {
             .max_write_buffer_size(limits.max_message_bytes * 4)
             .max_message_size(Some(limits.max_message_bytes))
             .max_frame_size(Some(limits.max_message_bytes));
+        let control = bind_control(dir)?;
+        if let Ok(addr) = listener.local_addr() {
+            dir.record_listening(addr)?;
+        }
         Ok(Self {
             listener,
             monitor,
+            control,
             shared: Arc::new(Shared {
                 config,
                 key,
                 tls,
                 ws_config,
+                dir: dir.clone(),
                 authorized,
             }),
-            dir: dir.clone(),
-            authorized_tx,
         })
     }
 
@@ -156,18 +229,23 @@ impl Server {
         let Server {
             listener,
             monitor,
+            control,
             shared,
-            dir,
-            authorized_tx,
         } = self;
         let limits = shared.config.limits.clone();
         let (hub_tx, hub_rx) = mpsc::channel(4096);
         let (monitor_tx, monitor_rx) = mpsc::channel(64);
-        let hub = Hub::new(&shared.config);
+        let mut hub = Hub::new(&shared.config);
+        hub.manager.set_labels(shared.authorized.get().1.labels());
         let hub_task = tokio::spawn(hub.run(hub_rx, monitor_rx).instrument(info_span!("hub")));
         let watchdog = miostream_cli::watchdog_interval()
             .map(|every| tokio::spawn(watchdog(every, monitor_tx.clone())));
-        let watcher = tokio::spawn(watch_authorized(dir, authorized_tx, hub_tx.clone()));
+        let watcher = tokio::spawn(watch_authorized(shared.clone(), hub_tx.clone()));
+        let control_task = control.map(|l| {
+            tokio::spawn(
+                serve_control(l, shared.clone(), hub_tx.clone()).instrument(info_span!("control")),
+            )
+        });
         let (stop_tx, stop_rx) = watch::channel(false);
         let monitor_task = monitor.map(|m| {
             tokio::spawn(
@@ -217,6 +295,11 @@ impl Server {
         let _ = hub_tx.send(HubCommand::Shutdown).await;
         let _ = stop_tx.send(true);
         watcher.abort();
+        if let Some(c) = control_task {
+            c.abort();
+            let _ = std::fs::remove_file(shared.dir.control_path());
+        }
+        shared.dir.clear_listening();
         if let Some(w) = watchdog {
             w.abort();
         }
@@ -258,38 +341,117 @@ async fn watchdog(every: Duration, hub: mpsc::Sender<MonitorQuery>) {
     }
 }
 
-/// Re-reads the authorized list when the file changes (polled: no inotify
-/// dependency, and `authorize` replaces the file atomically).
-async fn watch_authorized(
-    dir: StateDir,
-    tx: watch::Sender<Arc<Authorized>>,
-    hub: mpsc::Sender<HubCommand>,
-) {
-    let path = dir.authorized_path();
-    let stamp = |p: &std::path::Path| -> Option<(SystemTime, u64)> {
-        let m = std::fs::metadata(p).ok()?;
-        Some((m.modified().ok()?, m.len()))
-    };
-    let mut last = stamp(&path);
+/// A backstop for hand edits of the authorized list: re-read when the
+/// file changes (polled; no inotify dependency). `authorize` and `revoke`
+/// tell the running supervisor at once over the control socket, and every
+/// handshake checks the file first, so neither waits for this.
+async fn watch_authorized(shared: Arc<Shared>, hub: mpsc::Sender<HubCommand>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
-        let now = stamp(&path);
-        if now == last {
-            continue;
-        }
-        last = now;
-        match dir.load_authorized() {
-            Ok(list) => {
-                info!(keys = list.len(), "authorized peers reloaded");
-                let list = Arc::new(list);
-                let _ = tx.send(list.clone());
-                if hub.send(HubCommand::Authorized(list)).await.is_err() {
-                    return;
-                }
+        if let Some(list) = shared.authorized.refresh(&shared.dir, false) {
+            if hub.send(HubCommand::Authorized(list, None)).await.is_err() {
+                return;
             }
-            Err(e) => warn!("keeping the previous authorized list: {e}"),
         }
+    }
+}
+
+/// Binds `DIR/control.sock` (0600), refusing to if another supervisor
+/// answers on it; a path too long for a Unix socket leaves the server
+/// without one (the CLI's edits then wait for the next handshake or the
+/// file poll).
+fn bind_control(dir: &StateDir) -> Result<Option<tokio::net::UnixListener>, ServerError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.control_path();
+    if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+        return Err(ServerError::Busy(dir.root().to_owned()));
+    }
+    let _ = std::fs::remove_file(&path);
+    match tokio::net::UnixListener::bind(&path) {
+        Ok(l) => {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |source| StateError::Io {
+                    path: path.clone(),
+                    source,
+                },
+            )?;
+            Ok(Some(l))
+        }
+        Err(e) => {
+            warn!("no control socket at {}: {e}", path.display());
+            Ok(None)
+        }
+    }
+}
+
+/// Answers the control socket (see [`crate::control`]), a few clients at once.
+async fn serve_control(
+    listener: tokio::net::UnixListener,
+    shared: Arc<Shared>,
+    hub: mpsc::Sender<HubCommand>,
+) {
+    use crate::control::{ControlReply, ControlRequest, MAX_REQUEST, TIMEOUT};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let slots = Arc::new(Semaphore::new(4));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue; // dropping closes it: at most 4 at once
+        };
+        let (shared, hub) = (shared.clone(), hub.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST as u64));
+            let request = match timeout(TIMEOUT, reader.read_line(&mut line)).await {
+                Ok(Ok(_)) => ControlRequest::parse(&line),
+                _ => return,
+            };
+            let reply = match request {
+                None => ControlReply::Error {
+                    message: format!("unknown request {:?}", line.trim()),
+                },
+                Some(ControlRequest::Reload) => {
+                    let list = shared
+                        .authorized
+                        .refresh(&shared.dir, true)
+                        .unwrap_or_else(|| shared.authorized.get());
+                    let keys = list.1.len();
+                    let (tx, rx) = oneshot::channel();
+                    if hub
+                        .send(HubCommand::Authorized(list, Some(tx)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    match timeout(TIMEOUT, rx).await {
+                        Ok(Ok(())) => ControlReply::Reloaded { keys },
+                        _ => return,
+                    }
+                }
+                Some(ControlRequest::Peers) => {
+                    let (tx, rx) = oneshot::channel();
+                    if hub.send(HubCommand::Presence(tx)).await.is_err() {
+                        return;
+                    }
+                    match timeout(TIMEOUT, rx).await {
+                        Ok(Ok(reply)) => reply,
+                        _ => return,
+                    }
+                }
+            };
+            let Ok(mut text) = serde_json::to_string(&reply) else {
+                return;
+            };
+            text.push('\n');
+            let _ = timeout(TIMEOUT, write.write_all(text.as_bytes())).await;
+        });
     }
 }
 
@@ -315,7 +477,10 @@ enum HubCommand {
     Gone {
         id: PeerId,
     },
-    Authorized(Arc<Authorized>),
+    /// The authorized list changed; answer once it is applied.
+    Authorized(Versioned, Option<oneshot::Sender<()>>),
+    /// The control socket's `peers`.
+    Presence(oneshot::Sender<crate::control::ControlReply>),
     /// The server is stopping: forget peers silently from now on.
     Shutdown,
 }
@@ -324,6 +489,13 @@ enum HubCommand {
 struct Hub {
     manager: Manager,
     peers: HashMap<PeerId, mpsc::Sender<Outbound>>,
+    /// The key of every registered peer, and when each key was last
+    /// connected (Unix seconds), for `peers`.
+    keys: HashMap<PeerId, miostream_auth::KeyFingerprint>,
+    last_seen: HashMap<miostream_auth::KeyFingerprint, u64>,
+    started: u64,
+    /// The generation of the authorized list applied last.
+    authorized_generation: u64,
     stopping: bool,
     /// The monitor's failure injector, and when it fires next.
     injector: Injector,
@@ -350,6 +522,10 @@ impl Hub {
                 },
             }),
             peers: HashMap::new(),
+            keys: HashMap::new(),
+            last_seen: HashMap::new(),
+            started: crate::state::unix_now(),
+            authorized_generation: 0,
             stopping: false,
             injector: Injector::new(),
             next_injection: None,
@@ -395,6 +571,8 @@ impl Hub {
                     let result = self.manager.register(id, role, key);
                     if result.is_ok() {
                         self.peers.insert(id, tx);
+                        self.keys.insert(id, key);
+                        self.last_seen.insert(key, crate::state::unix_now());
                         info!(peer = %id, %role, peers = self.peers.len(), "peer authenticated");
                     }
                     let _ = reply.send(result);
@@ -405,7 +583,7 @@ impl Hub {
                         .handle(from, msg, Instant::now().into_std(), &mut rng)
                 }
                 HubCommand::Gone { id } => {
-                    self.peers.remove(&id);
+                    self.forget(id);
                     if self.stopping {
                         Vec::new()
                     } else {
@@ -417,11 +595,63 @@ impl Hub {
                     self.next_injection = None;
                     Vec::new()
                 }
-                HubCommand::Authorized(list) => self
-                    .manager
-                    .reauthorize(list.as_ref(), Instant::now().into_std()),
+                HubCommand::Authorized((generation, list), applied) => {
+                    // Several tasks re-read the list; an older one arriving
+                    // late is already superseded.
+                    if generation > self.authorized_generation {
+                        self.authorized_generation = generation;
+                        self.manager.set_labels(list.labels());
+                        let outputs = self
+                            .manager
+                            .reauthorize(list.as_ref(), Instant::now().into_std());
+                        // Cut-offs are queued to their connections before
+                        // the caller hears back.
+                        self.deliver(outputs);
+                    }
+                    if let Some(applied) = applied {
+                        let _ = applied.send(());
+                    }
+                    Vec::new()
+                }
+                HubCommand::Presence(reply) => {
+                    let _ = reply.send(self.presence());
+                    Vec::new()
+                }
             };
             self.deliver(outputs);
+        }
+    }
+
+    /// Drops a peer's queue and records when its key was last seen.
+    fn forget(&mut self, id: PeerId) {
+        self.peers.remove(&id);
+        if let Some(key) = self.keys.remove(&id) {
+            self.last_seen.insert(key, crate::state::unix_now());
+        }
+    }
+
+    /// Every key seen since the start: connections now, last seen.
+    fn presence(&self) -> crate::control::ControlReply {
+        let now = crate::state::unix_now();
+        let mut connected: HashMap<miostream_auth::KeyFingerprint, u32> = HashMap::new();
+        for key in self.keys.values() {
+            *connected.entry(*key).or_default() += 1;
+        }
+        let peers = self
+            .last_seen
+            .iter()
+            .map(|(key, seen)| {
+                let n = connected.get(key).copied().unwrap_or(0);
+                crate::control::Presence {
+                    fingerprint: key.to_string(),
+                    connected: n,
+                    last_seen: if n > 0 { now } else { *seen },
+                }
+            })
+            .collect();
+        crate::control::ControlReply::Peers {
+            peers,
+            since: self.started,
         }
     }
 
@@ -486,13 +716,15 @@ impl Hub {
                         Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             warn!(peer = %to, "slow reader: send queue full, dropping it");
-                            self.peers.remove(&to);
+                            self.forget(to);
                             work.extend(self.manager.disconnected(to, Instant::now().into_std()));
                         }
                     }
                 }
                 Output::Disconnect(to, code, reason) => {
-                    if let Some(tx) = self.peers.remove(&to) {
+                    let tx = self.peers.get(&to).cloned();
+                    self.forget(to);
+                    if let Some(tx) = tx {
                         warn!(peer = %to, ?code, %reason, "cutting peer off");
                         let _ = tx.try_send(Outbound::Close(code, reason));
                     }
@@ -545,7 +777,16 @@ impl Connection {
             }
         };
         let peer = match self.authenticate(&mut ws).await {
-            Ok(peer) => peer,
+            Ok(Some(peer)) => peer,
+            Ok(None) => {
+                // Enrolled: the peer connects again to authenticate.
+                let _ = timeout(Duration::from_secs(1), async {
+                    let _ = ws.close(None).await;
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await;
+                return;
+            }
             Err(Ended(code, reason)) => {
                 info!(?code, "authentication failed: {reason}");
                 close_with_error(&mut ws, code, reason).await;
@@ -569,7 +810,15 @@ impl Connection {
             .map_err(|e| e.to_string())
     }
 
-    async fn authenticate(&self, ws: &mut Ws) -> Result<miostream_auth::Authenticated, Ended> {
+    /// Runs the handshake; `Ok(None)` when the peer enrolled instead.
+    async fn authenticate(
+        &self,
+        ws: &mut Ws,
+    ) -> Result<Option<miostream_auth::Authenticated>, Ended> {
+        // An `authorize` or `revoke` done before this attempt counts now.
+        if let Some(list) = self.shared.authorized.refresh(&self.shared.dir, false) {
+            let _ = self.hub.send(HubCommand::Authorized(list, None)).await;
+        }
         let mut binding = [0u8; 32];
         ws.get_ref()
             .get_ref()
@@ -583,6 +832,7 @@ impl Connection {
             std::time::Instant::now(),
         );
         send(ws, &first).await?;
+        let mut first_reply = true;
         loop {
             let deadline = Instant::from_std(hs.deadline());
             let text = tokio::select! {
@@ -594,7 +844,26 @@ impl Connection {
             };
             let msg = PeerMessage::from_json(&text)
                 .map_err(|e| Ended(ErrorCode::Malformed, e.to_string()))?;
-            let authorized = self.shared.authorized.borrow().clone();
+            if let PeerMessage::EnrollRequest {
+                protocol_version,
+                secret,
+                public_key,
+                component_type,
+            } = msg
+            {
+                if !first_reply {
+                    return Err(Ended(
+                        ErrorCode::OutOfOrder,
+                        "ENROLL_REQUEST only answers COLLECT_PEER_INFO_REQUEST".into(),
+                    ));
+                }
+                return self
+                    .enroll(ws, protocol_version, secret, public_key, component_type)
+                    .await
+                    .map(|()| None);
+            }
+            first_reply = false;
+            let (_, authorized) = self.shared.authorized.get();
             let step = hs.handle(
                 msg,
                 std::time::Instant::now(),
@@ -605,10 +874,70 @@ impl Connection {
                 SupervisorStep::Send(m) => send(ws, &m).await?,
                 SupervisorStep::Done(peer, m) => {
                     send(ws, &m).await?;
-                    return Ok(peer);
+                    return Ok(Some(peer));
                 }
             }
         }
+    }
+
+    /// One enrollment attempt (the connection's only one): spends a use of
+    /// the invite and authorizes the key, or refuses with the reason.
+    /// A bad attempt costs a SHA-256 and a read of `DIR/invites.toml`.
+    async fn enroll(
+        &self,
+        ws: &mut Ws,
+        protocol_version: u8,
+        secret: miostream_protocol::signal::InviteSecret,
+        public_key: String,
+        role: ComponentType,
+    ) -> Result<(), Ended> {
+        use crate::invites::InviteRefusal;
+        if protocol_version != miostream_protocol::PROTOCOL_VERSION {
+            return Err(AuthError::UnsupportedVersion {
+                ours: miostream_protocol::PROTOCOL_VERSION,
+                theirs: protocol_version,
+            }
+            .into());
+        }
+        let refused = |r: InviteRefusal| Ended(ErrorCode::InviteRefused, r.to_string());
+        if secret.0.len() != miostream_protocol::signal::INVITE_SECRET_LEN {
+            return Err(refused(InviteRefusal::Unknown));
+        }
+        let key = miostream_auth::PublicKey::from_pem(
+            &public_key,
+            self.shared.config.handshake().min_peer_key_bits,
+        )
+        .map_err(|e| Ended(ErrorCode::Malformed, format!("bad key: {e}")))?;
+        let dir = self.shared.dir.clone();
+        let redeemed = tokio::task::spawn_blocking(move || {
+            dir.redeem_invite(&secret, role, &key, crate::state::unix_now())
+        })
+        .await
+        .map_err(|e| Ended(ErrorCode::Overloaded, format!("enrollment failed: {e}")))?;
+        let (fp, invite) = match redeemed {
+            Ok(Ok(done)) => done,
+            Ok(Err(refusal)) => return Err(refused(refusal)),
+            Err(e) => {
+                warn!("enrollment failed: {e}");
+                return Err(Ended(
+                    ErrorCode::Overloaded,
+                    "the supervisor could not record the enrollment".into(),
+                ));
+            }
+        };
+        info!(key = %fp, %role, invite = %invite.id, uses_left = invite.uses, "peer enrolled");
+        if let Some(list) = self.shared.authorized.refresh(&self.shared.dir, true) {
+            let _ = self.hub.send(HubCommand::Authorized(list, None)).await;
+        }
+        send(
+            ws,
+            &SupervisorMessage::Enrolled {
+                fingerprint: fp.to_string(),
+                role,
+                label: invite.label,
+            },
+        )
+        .await
     }
 
     async fn session(mut self, mut ws: Ws, peer: miostream_auth::Authenticated) {

@@ -8,6 +8,10 @@
 //! DIR/authorized_peers     "ROLE FINGERPRINT" lines, edited by authorize/revoke
 //! DIR/trust/ca.crt, DIR/trust/supervisor.pub        what peers need (public)
 //! DIR/monitor.token (0600)  the operators' dashboard token (64 hex digits)
+//! DIR/invites.toml (0600)  issued invites (hashes of their secrets), see invites
+//! DIR/.lock                 flock held by every edit of the two lists above
+//! DIR/listening            where the running supervisor listens (removed at exit)
+//! DIR/control.sock (0600)   the running supervisor's control socket (reload, peers)
 //! ```
 
 use std::collections::HashMap;
@@ -75,20 +79,35 @@ pub enum StateError {
     NotAuthorized(KeyFingerprint),
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
     move |source| StateError::Io {
         path: path.to_owned(),
         source,
     }
 }
 
-/// The authorized-peers list: key fingerprint → role.
+/// One authorized key: its role, and what `peers` shows about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizedKey {
+    /// The role it may authenticate as.
+    pub role: ComponentType,
+    /// The operator's (or the invite's) label, if any.
+    pub label: Option<String>,
+    /// When it was authorized (Unix seconds; unknown in files that predate it).
+    pub added: Option<u64>,
+}
+
+/// The authorized-peers list: key fingerprint → role (and label).
+///
+/// One key a line: `ROLE FINGERPRINT [added=UNIX] [label=TEXT TO THE END]`;
+/// `#` starts a comment. Older files hold `ROLE FINGERPRINT` lines only, and
+/// older supervisors read the first two words of newer lines.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Authorized(HashMap<KeyFingerprint, ComponentType>);
+pub struct Authorized(HashMap<KeyFingerprint, AuthorizedKey>);
 
 impl Authorizer for Authorized {
     fn role_of(&self, key: &KeyFingerprint) -> Option<ComponentType> {
-        self.0.get(key).copied()
+        self.0.get(key).map(|k| k.role)
     }
 }
 
@@ -97,22 +116,14 @@ impl Authorized {
     pub fn parse(text: &str, path: &Path) -> Result<Self, StateError> {
         let mut map = HashMap::new();
         for (i, raw) in text.lines().enumerate() {
-            let line = raw.split('#').next().unwrap_or("").trim();
-            if line.is_empty() {
-                continue;
-            }
             let err = |reason: String| StateError::AuthorizedList {
                 path: path.to_owned(),
                 line: i + 1,
                 reason,
             };
-            let mut words = line.split_whitespace();
-            let (Some(role), Some(fp)) = (words.next(), words.next()) else {
-                return Err(err("expected \"ROLE FINGERPRINT\"".into()));
-            };
-            let role: ComponentType = role.parse().map_err(err)?;
-            let fp: KeyFingerprint = fp.parse().map_err(err)?;
-            map.insert(fp, role);
+            if let Some((fp, key)) = parse_line(raw).map_err(err)? {
+                map.insert(fp, key);
+            }
         }
         Ok(Self(map))
     }
@@ -126,6 +137,97 @@ impl Authorized {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// A key's entry.
+    pub fn get(&self, key: &KeyFingerprint) -> Option<&AuthorizedKey> {
+        self.0.get(key)
+    }
+
+    /// Every key, sorted by when it was added, then by fingerprint.
+    pub fn entries(&self) -> Vec<(KeyFingerprint, &AuthorizedKey)> {
+        let mut all: Vec<_> = self.0.iter().map(|(fp, k)| (*fp, k)).collect();
+        all.sort_by_key(|(fp, k)| (k.added, *fp));
+        all
+    }
+
+    /// Labels by key (for the dashboard).
+    pub fn labels(&self) -> HashMap<KeyFingerprint, String> {
+        self.0
+            .iter()
+            .filter_map(|(fp, k)| Some((*fp, k.label.clone()?)))
+            .collect()
+    }
+}
+
+/// One line of the authorized list: `None` for blank and comment lines.
+fn parse_line(raw: &str) -> Result<Option<(KeyFingerprint, AuthorizedKey)>, String> {
+    let line = raw.split('#').next().unwrap_or("").trim();
+    if line.is_empty() {
+        return Ok(None);
+    }
+    let mut rest = line;
+    let mut word = || {
+        let r = rest.trim_start();
+        let end = r.find(char::is_whitespace).unwrap_or(r.len());
+        let (w, tail) = r.split_at(end);
+        rest = tail;
+        (!w.is_empty()).then_some(w)
+    };
+    let (Some(role), Some(fp)) = (word(), word()) else {
+        return Err("expected \"ROLE FINGERPRINT\"".into());
+    };
+    let role: ComponentType = role.parse()?;
+    let fp: KeyFingerprint = fp.parse()?;
+    let mut key = AuthorizedKey {
+        role,
+        label: None,
+        added: None,
+    };
+    loop {
+        let r = rest.trim_start();
+        if r.is_empty() {
+            break;
+        }
+        if let Some(label) = r.strip_prefix("label=") {
+            let label = label.trim();
+            miostream_protocol::signal::valid_label(label)?;
+            key.label = Some(label.to_owned());
+            break;
+        }
+        let end = r.find(char::is_whitespace).unwrap_or(r.len());
+        let (w, tail) = r.split_at(end);
+        rest = tail;
+        match w.strip_prefix("added=") {
+            Some(t) => {
+                key.added = Some(t.parse().map_err(|_| format!("bad time {w:?}"))?);
+            }
+            None => {
+                return Err(format!(
+                    "unexpected {w:?} (expected added=UNIX or label=TEXT)"
+                ))
+            }
+        }
+    }
+    Ok(Some((fp, key)))
+}
+
+/// The line for `fp` in the authorized list.
+fn format_line(fp: &KeyFingerprint, key: &AuthorizedKey) -> String {
+    let mut line = format!("{} {fp}", key.role);
+    if let Some(added) = key.added {
+        line.push_str(&format!(" added={added}"));
+    }
+    if let Some(label) = &key.label {
+        line.push_str(&format!(" label={label}"));
+    }
+    line
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A supervisor state directory.
@@ -156,6 +258,34 @@ impl StateDir {
     pub fn trust_dir(&self) -> PathBuf {
         self.root.join("trust")
     }
+    /// `DIR/listening`.
+    pub fn listening_path(&self) -> PathBuf {
+        self.root.join("listening")
+    }
+
+    /// Records where the running supervisor listens (its real port when
+    /// config.toml says 0): what `invite` puts in invites.
+    pub fn record_listening(&self, addr: SocketAddr) -> Result<(), StateError> {
+        let path = self.listening_path();
+        let tmp = path.with_extension("tmp");
+        write_public(&tmp, &format!("{addr}\n"))?;
+        fs::rename(&tmp, &path).map_err(io(&path))
+    }
+
+    /// Forgets the record (the supervisor stops).
+    pub fn clear_listening(&self) {
+        let _ = fs::remove_file(self.listening_path());
+    }
+
+    /// Where the running supervisor said it listens, if it did.
+    pub fn recorded_listening(&self) -> Option<SocketAddr> {
+        fs::read_to_string(self.listening_path())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// `DIR/monitor.token`.
     pub fn monitor_token_path(&self) -> PathBuf {
         self.root.join("monitor.token")
@@ -277,24 +407,55 @@ impl StateDir {
     }
 
     /// Authorizes a peer's public key (PEM file) for `role`; replaces its
-    /// previous role if it had one. Returns the key's fingerprint.
+    /// previous role and label if it had them. Returns the key's fingerprint.
     pub fn authorize(
         &self,
         key_file: &Path,
         role: ComponentType,
+        label: Option<&str>,
     ) -> Result<KeyFingerprint, StateError> {
         let fp = read_public_key(key_file)?.fingerprint();
-        self.edit_authorized(|lines| {
-            lines.retain(|l| !mentions(l, &fp));
-            lines.push(format!("{role} {fp}"));
-            Ok(())
-        })?;
+        let _lock = self.lock()?;
+        self.authorize_fingerprint_locked(fp, role, label, unix_now())?;
         Ok(fp)
     }
 
-    /// Removes a peer's key from the authorized list.
-    pub fn revoke(&self, key_file: &Path) -> Result<KeyFingerprint, StateError> {
-        let fp = read_public_key(key_file)?.fingerprint();
+    /// Authorizes `fp`; the caller holds [`lock`](Self::lock).
+    pub(crate) fn authorize_fingerprint_locked(
+        &self,
+        fp: KeyFingerprint,
+        role: ComponentType,
+        label: Option<&str>,
+        now: u64,
+    ) -> Result<(), StateError> {
+        if let Some(label) = label {
+            miostream_protocol::signal::valid_label(label).map_err(|reason| {
+                StateError::Config {
+                    path: self.authorized_path(),
+                    reason: format!("label {label:?}: {reason}"),
+                }
+            })?;
+        }
+        let key = AuthorizedKey {
+            role,
+            label: label.map(str::to_owned),
+            added: Some(now),
+        };
+        self.edit_authorized(|lines| {
+            lines.retain(|l| !mentions(l, &fp));
+            lines.push(format_line(&fp, &key));
+            Ok(())
+        })
+    }
+
+    /// Removes a peer's key from the authorized list: `target` is its public
+    /// key file or its fingerprint (64 hex digits, as `peers` shows it).
+    pub fn revoke(&self, target: &Path) -> Result<KeyFingerprint, StateError> {
+        let fp = match target.to_str().map(str::parse::<KeyFingerprint>) {
+            Some(Ok(fp)) if !target.exists() => fp,
+            _ => read_public_key(target)?.fingerprint(),
+        };
+        let _lock = self.lock()?;
         self.edit_authorized(|lines| {
             let before = lines.len();
             lines.retain(|l| !mentions(l, &fp));
@@ -304,6 +465,22 @@ impl StateDir {
             Ok(())
         })?;
         Ok(fp)
+    }
+
+    /// Takes the directory's edit lock (`DIR/.lock`, flock): every edit of
+    /// the authorized list and the invites — by the CLI or by a running
+    /// supervisor enrolling a peer — holds it, so none is lost.
+    pub fn lock(&self) -> Result<nix::fcntl::Flock<fs::File>, StateError> {
+        let path = self.root.join(".lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io(&path))?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| io(&path)(e.into()))
     }
 
     /// Rewrites the list atomically (a running supervisor never reads half a file).
@@ -542,16 +719,30 @@ mod tests {
         let key = PrivateKey::generate(2048).unwrap();
         let pub_file = tmp.path().join("peer.pub");
         fs::write(&pub_file, key.public().to_pem()).unwrap();
-        let fp = dir.authorize(&pub_file, ComponentType::Receiver).unwrap();
+        let fp = dir
+            .authorize(&pub_file, ComponentType::Receiver, Some("Alice's laptop"))
+            .unwrap();
         assert_eq!(
             dir.load_authorized().unwrap().role_of(&fp),
             Some(ComponentType::Receiver)
         );
-        dir.authorize(&pub_file, ComponentType::Broadcaster)
+        let list = dir.load_authorized().unwrap();
+        assert_eq!(
+            list.get(&fp).unwrap().label.as_deref(),
+            Some("Alice's laptop")
+        );
+        assert!(list.get(&fp).unwrap().added.is_some());
+        dir.authorize(&pub_file, ComponentType::Broadcaster, None)
             .unwrap();
         let list = dir.load_authorized().unwrap();
         assert_eq!(list.len(), 1);
         assert_eq!(list.role_of(&fp), Some(ComponentType::Broadcaster));
+        assert_eq!(list.get(&fp).unwrap().label, None);
+        // Revoked by fingerprint as well as by file.
+        dir.revoke(Path::new(&fp.to_string())).unwrap();
+        assert!(dir.load_authorized().unwrap().is_empty());
+        dir.authorize(&pub_file, ComponentType::Receiver, None)
+            .unwrap();
         dir.revoke(&pub_file).unwrap();
         assert!(dir.load_authorized().unwrap().is_empty());
         assert!(matches!(
@@ -561,9 +752,39 @@ mod tests {
         // A private key or garbage is not a public key.
         fs::write(&pub_file, "garbage").unwrap();
         assert!(matches!(
-            dir.authorize(&pub_file, ComponentType::Receiver),
+            dir.authorize(&pub_file, ComponentType::Receiver, None),
             Err(StateError::Key { .. })
         ));
+    }
+
+    #[test]
+    fn old_and_new_authorized_lines_load() {
+        let fp = "ab".repeat(32);
+        let text = format!(
+            "# header\nreceiver {fp}\nbroadcaster {} added=1700000000 label=Studio cam #2\n\
+             receiver {} label=  Bob  \n",
+            "cd".repeat(32),
+            "ef".repeat(32)
+        );
+        let list = Authorized::parse(&text, Path::new("x")).unwrap();
+        assert_eq!(list.len(), 3);
+        let old = list.get(&fp.parse().unwrap()).unwrap();
+        assert_eq!(
+            (old.role, old.label.as_deref(), old.added),
+            (ComponentType::Receiver, None, None)
+        );
+        let cam = list.get(&"cd".repeat(32).parse().unwrap()).unwrap();
+        // '#' starts a comment, so a label never holds one.
+        assert_eq!(cam.label.as_deref(), Some("Studio cam"));
+        assert_eq!(cam.added, Some(1_700_000_000));
+        let bob = list.get(&"ef".repeat(32).parse().unwrap()).unwrap();
+        assert_eq!(bob.label.as_deref(), Some("Bob"));
+        // A line written today reads back the same.
+        let line = format_line(&fp.parse().unwrap(), cam);
+        assert_eq!(parse_line(&line).unwrap().unwrap().1, *cam);
+        let err =
+            Authorized::parse(&format!("receiver {fp} added=soon\n"), Path::new("x")).unwrap_err();
+        assert!(err.to_string().contains("x:1: bad time"), "{err}");
     }
 
     #[test]

@@ -232,3 +232,227 @@ fn systemd_unit_has_the_required_hardening() {
         assert!(unit.lines().any(|l| l.trim() == needed), "missing {needed}");
     }
 }
+
+/// Reads `run`'s "listening on" line; returns the port.
+fn listening_port(stdout: &mut BufReader<std::process::ChildStdout>) -> u16 {
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on wss://")
+        .unwrap_or_else(|| panic!("{line:?}"));
+    addr.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+/// The operator's day: `invite` on a running supervisor that listens on
+/// port 0 (the invite names the real port, the file is 0600), `peers` with
+/// labels and presence, `authorize --label` accepted on the very next
+/// attempt, `revoke` by fingerprint cutting the connected peer off before
+/// the command returns, `invite --revoke`. The secret never reaches the
+/// supervisor's log.
+#[test]
+fn invite_peers_authorize_and_revoke_on_a_running_supervisor() {
+    use miostream_protocol::signal::ErrorCode;
+    use miostream_protocol::{ComponentType, SupervisorMessage};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sup");
+    let d = dir.to_str().unwrap();
+    let out = run(&["init", "--dir", d, "--listen", "127.0.0.1:0"]);
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    // Not running and port 0: invite says what to do.
+    let out = run(&["invite", "--dir", d, "--role", "receiver"]);
+    assert!(!out.status.success());
+    assert!(stderr_line(&out).contains("--url"), "{}", stderr_line(&out));
+
+    let log = tmp.path().join("supervisor.log");
+    let child = Command::new(BIN)
+        .args(["run", "--dir", d])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut guard = Guard(Some(child));
+    let mut stdout = BufReader::new(guard.0.as_mut().unwrap().stdout.take().unwrap());
+    let port = listening_port(&mut stdout);
+
+    let invite_path = tmp.path().join("viewer.toml");
+    let out = run(&[
+        "invite",
+        "--dir",
+        d,
+        "--role",
+        "receiver",
+        "--uses",
+        "1",
+        "--expires",
+        "1h",
+        "--label",
+        "Front row",
+        "--out",
+        invite_path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains(&format!("wss://127.0.0.1:{port}")), "{said}");
+    let mode = std::fs::metadata(&invite_path)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let invites_mode = std::fs::metadata(dir.join("invites.toml"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(invites_mode & 0o777, 0o600);
+    let invite: miostream_protocol::signal::InviteFile =
+        toml::from_str(&std::fs::read_to_string(&invite_path).unwrap()).unwrap();
+    assert_eq!(invite.urls, [format!("wss://127.0.0.1:{port}")]);
+    assert_eq!(
+        invite.ca_crt,
+        std::fs::read_to_string(dir.join("trust/ca.crt")).unwrap()
+    );
+    assert!(
+        !said.contains(&invite.secret.0),
+        "the secret is only in the file"
+    );
+    assert!(!std::fs::read_to_string(dir.join("invites.toml"))
+        .unwrap()
+        .contains(&invite.secret.0));
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let peer_dir = tmp.path().join("peer");
+    let enrolled = runtime
+        .block_on(miostream_peer::enroll(
+            &invite_path,
+            ComponentType::Receiver,
+            miostream_peer::PeerPaths::under(&peer_dir, &peer_dir, ComponentType::Receiver),
+        ))
+        .unwrap();
+    let conn = miostream_peer::resolve(
+        ComponentType::Receiver,
+        Ok(miostream_peer::PeerPaths::under(
+            &peer_dir,
+            &peer_dir,
+            ComponentType::Receiver,
+        )),
+        None,
+        None,
+        None,
+    )
+    .unwrap();
+    let mut client = runtime
+        .block_on(miostream_peer::SupervisorClient::connect(
+            &conn.supervisor,
+            &conn.identity,
+            &conn.trust,
+            ComponentType::Receiver,
+        ))
+        .unwrap();
+
+    // peers: the enrolled key, its label, connected now.
+    let out = run(&["peers", "--dir", d]);
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&enrolled.fingerprint))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains("receiver") && row.contains("Front row") && row.contains("now"),
+        "{row}"
+    );
+    assert!(row.trim_end().ends_with(" 1"), "{row}");
+
+    // authorize --label: accepted on the very next attempt.
+    let key = miostream_auth::PrivateKey::generate(2048).unwrap();
+    let pub_path = tmp.path().join("cam.pub");
+    std::fs::write(&pub_path, key.public().to_pem()).unwrap();
+    let out = run(&[
+        "authorize",
+        "--dir",
+        d,
+        pub_path.to_str().unwrap(),
+        "--role",
+        "broadcaster",
+        "--label",
+        "Stage cam",
+    ]);
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("the running supervisor applied it"));
+    let cam = runtime
+        .block_on(miostream_peer::SupervisorClient::connect(
+            &conn.supervisor,
+            &miostream_peer::Identity::from_key(std::sync::Arc::new(key)),
+            &conn.trust,
+            ComponentType::Broadcaster,
+        ))
+        .expect("authorized keys get in at once");
+    let table = String::from_utf8_lossy(&run(&["peers", "--dir", d]).stdout).into_owned();
+    assert!(table.contains("Stage cam"), "{table}");
+
+    // revoke by fingerprint: the connected receiver is cut off at once.
+    let out = run(&["revoke", "--dir", d, &enrolled.fingerprint]);
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    let cut = runtime.block_on(async {
+        loop {
+            match client.recv_within(Duration::from_secs(10)).await.unwrap() {
+                SupervisorMessage::Error {
+                    code, fatal: true, ..
+                } => return code,
+                _ => continue,
+            }
+        }
+    });
+    assert_eq!(cut, ErrorCode::Revoked);
+    let table = String::from_utf8_lossy(&run(&["peers", "--dir", d]).stdout).into_owned();
+    assert!(!table.contains(&enrolled.fingerprint), "{table}");
+
+    // invite --revoke: the second invite is refused.
+    let second = tmp.path().join("second.toml");
+    let out = run(&[
+        "invite",
+        "--dir",
+        d,
+        "--role",
+        "receiver",
+        "--out",
+        second.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    let id = String::from_utf8_lossy(&out.stdout)
+        .split("(invite ")
+        .nth(1)
+        .and_then(|t| t.split(':').next())
+        .unwrap()
+        .to_owned();
+    let out = run(&["invite", "--dir", d, "--revoke", &id]);
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    let err = runtime
+        .block_on(miostream_peer::enroll(
+            &second,
+            ComponentType::Receiver,
+            miostream_peer::PeerPaths::under(&peer_dir, &peer_dir, ComponentType::Receiver),
+        ))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "enrollment refused: this invite was revoked"
+    );
+    runtime.block_on(cam.close());
+
+    let child = guard.0.take().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        !dir.join("listening").exists(),
+        "the record goes with the process"
+    );
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("peer enrolled"), "{logs}");
+    assert!(!logs.contains(&invite.secret.0), "the secret is in the log");
+}

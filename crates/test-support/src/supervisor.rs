@@ -78,7 +78,7 @@ impl TestSupervisor {
         ] {
             for &i in list {
                 let path = Self::write_pub(&dir, i);
-                state.authorize(&path, role).unwrap();
+                state.authorize(&path, role, None).unwrap();
             }
         }
         let mut config = state.load_config().unwrap();

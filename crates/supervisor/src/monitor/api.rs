@@ -54,6 +54,9 @@ pub struct NodeView {
     pub neighbours: Vec<PeerId>,
     /// Its latest report; `null` until it reported.
     pub qos: Option<Qos>,
+    /// Its key's label in the authorized list, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 /// One stream.
