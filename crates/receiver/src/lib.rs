@@ -22,6 +22,8 @@ use miostream_webrtc::WebRtcConfig;
 use serde::Serialize;
 use tracing::{info, warn};
 
+pub mod list;
+
 /// Where the reassembled WebM goes.
 #[derive(Debug, Clone)]
 pub enum Output {

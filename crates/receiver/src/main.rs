@@ -51,6 +51,10 @@ enum Command {
         /// The supervisor's trust bundle (its DIR/trust).
         #[arg(long)]
         trust: PathBuf,
+        /// Print one JSON array (name, title, topology, integrity,
+        /// viewers, bitrate_bps, media_type) instead of lines.
+        #[arg(long)]
+        json: bool,
     },
     /// Join a stream: play it (to a file or stdout), relay it, report QoS.
     Run {
@@ -320,6 +324,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             supervisor,
             identity,
             trust,
+            json,
         } => {
             let identity = Identity::load(&identity)?;
             let trust = Trust::load(&trust)?;
@@ -335,14 +340,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("connecting to {supervisor}"))?;
                 let streams = client.list_streams().await?;
                 client.close().await;
+                if json {
+                    println!("{}", miostream_receiver::list::to_json(&streams));
+                    return anyhow::Ok(());
+                }
                 if streams.is_empty() {
                     println!("no live streams");
                 }
-                for s in streams {
-                    println!(
-                        "{}\t{} topology\t{} integrity\t{} receivers\t{}",
-                        s.name, s.topology, s.integrity, s.receivers, s.media_type
-                    );
+                for s in &streams {
+                    println!("{}", miostream_receiver::list::ListedStream::from(s).line());
                 }
                 anyhow::Ok(())
             })

@@ -41,6 +41,7 @@ async fn announce(b: &mut SupervisorClient, name: &str, topology: TopologyKind) 
         media_type: "video/webm".into(),
         signing_key: None,
         resume: None,
+        title: String::new(),
     })
     .await
     .unwrap();
@@ -583,6 +584,7 @@ async fn sessions_reconnect_and_resume_their_stream_when_the_supervisor_restarts
         media_type: "video/webm".into(),
         signing_key: None,
         resume,
+        title: String::new(),
     };
     session.outbound.send(announce(None)).await.unwrap();
     let SessionEvent::Message(SupervisorMessage::StreamAnnounced { stream, stream_key }) =
