@@ -61,7 +61,7 @@ pub fn fix_up_init(init: &[u8]) -> Result<Vec<u8>, MediaError> {
 }
 
 /// Reads the element header at `at`.
-fn header_at(buf: &[u8], at: usize) -> Result<(u32, Option<u64>, usize), MediaError> {
+pub(crate) fn header_at(buf: &[u8], at: usize) -> Result<(u32, Option<u64>, usize), MediaError> {
     let rest = buf.get(at..).unwrap_or_default();
     let truncated = MediaError::Truncated {
         offset: buf.len() as u64,
@@ -87,7 +87,7 @@ fn header_at(buf: &[u8], at: usize) -> Result<(u32, Option<u64>, usize), MediaEr
 }
 
 /// The end of a known-size element at `at` that must lie within `buf`.
-fn end_of(
+pub(crate) fn end_of(
     buf: &[u8],
     at: usize,
     i: u32,
