@@ -27,6 +27,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once per process: the size of `Run` costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Create an identity: DIR/peer.key (0600) and DIR/peer.pub (give it to
     /// the supervisor's operator to authorize with --role broadcaster).

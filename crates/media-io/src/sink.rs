@@ -22,7 +22,8 @@ enum Out {
     /// A file: a seekable recording.
     Recording {
         file: BufWriter<tokio::fs::File>,
-        recorder: Recorder,
+        // Boxed: the recorder is larger than a boxed writer.
+        recorder: Box<Recorder>,
     },
 }
 
@@ -54,7 +55,7 @@ impl StreamWriter {
             what: path.display().to_string(),
             out: Out::Recording {
                 file: BufWriter::with_capacity(256 * 1024, f),
-                recorder: Recorder::new(),
+                recorder: Box::default(),
             },
             wrote_init: false,
         })

@@ -15,7 +15,7 @@
 //! caller writes the bytes and applies the patches (media-io's file writer).
 
 use crate::ebml::{self, id};
-use crate::init::{end_of, header_at};
+use crate::init::{end_of, header_at, segment_start};
 use crate::split::{block_timecode, shift_cluster, video_track};
 use crate::MediaError;
 
@@ -170,20 +170,8 @@ impl Recorder {
         if self.layout.is_some() {
             return Ok(Vec::new());
         }
-        let (ebml_id, ebml_size, hl) = header_at(init, 0)?;
-        if ebml_id != id::EBML {
-            return Err(MediaError::NotWebm { found: ebml_id });
-        }
-        let ebml_end = end_of(init, 0, ebml_id, ebml_size, hl)?;
-        let (seg_id, _, seg_hl) = header_at(init, ebml_end)?;
-        if seg_id != id::SEGMENT {
-            return Err(MediaError::Corrupt {
-                offset: ebml_end as u64,
-                what: "expected a Segment after the EBML header",
-            });
-        }
+        let (ebml_end, mut at) = segment_start(init)?;
         let (mut info, mut tracks) = (None, None);
-        let mut at = ebml_end + seg_hl;
         while at < init.len() {
             let (i, size, hl) = header_at(init, at)?;
             if i == id::CLUSTER || i == id::EBML || i == id::SEGMENT {

@@ -126,23 +126,7 @@ fn assert_seekable(path: &Path, clusters: &[Vec<u8>], k: usize) {
             _ => panic!("no cluster in {}", path.display()),
         }
     };
-    let out = std::process::Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "format=duration",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let probed: f64 = text
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("ffprobe gives no duration for {}: {text:?}", path.display()));
+    let probed = miostream_test_support::ffprobe_duration(path);
     assert!(
         (probed - media_s).abs() < 0.5,
         "ffprobe says {probed} s, the recording holds {media_s} s (clusters {k}..{})",

@@ -225,22 +225,7 @@ async fn ingest(input: &str, push_url: &str, format: &str, udp: bool, port: u16)
         "decode: {}",
         String::from_utf8_lossy(&decoded.stderr)
     );
-    let probe = std::process::Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "format=duration",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let secs: f64 = String::from_utf8_lossy(&probe.stdout)
-        .trim()
-        .parse()
-        .unwrap();
+    let secs = miostream_test_support::ffprobe_duration(&out);
     assert!(secs > 3.0 && secs < 9.0, "recorded {secs} s");
     sup.stop().await;
 }

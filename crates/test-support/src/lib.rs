@@ -71,6 +71,27 @@ pub fn tool_available(program: &str) -> bool {
     ok
 }
 
+/// What `ffprobe -show_format` gives as the duration of `path` (seconds);
+/// fails the test when it gives none.
+pub fn ffprobe_duration(path: &Path) -> f64 {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("ffprobe gives no duration for {}: {text:?}", path.display()))
+}
+
 /// A network namespace reachable from the test's namespace over a veth pair.
 #[derive(Debug)]
 pub struct LanHost {
