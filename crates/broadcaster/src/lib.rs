@@ -1,5 +1,6 @@
-//! The broadcaster: reads a live WebM (a file paced at real time, stdin, or
-//! a webcam through ffmpeg), splits it into the init segment and clusters,
+//! The broadcaster: reads a live WebM (a file paced at real time, stdin, a
+//! webcam or an RTMP/SRT ingest through ffmpeg: media-io's `MediaSource`),
+//! splits it into the init segment and clusters,
 //! cuts them into chunks, tags every chunk (Ed25519 in `sign` mode, HMAC in
 //! `hmac` mode) and publishes them into the overlay through its node.
 //!
@@ -15,19 +16,19 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use miostream_integrity::{SourceKey, StreamKey, Tagger};
 use miostream_media::chunk::Chunker;
-use miostream_media::{live_media_type, Segment, Splitter};
+use miostream_media::{live_media_type, Segment};
+use miostream_media_io::{Encoder, IngestUrl, MediaSource, Source, SourceConfig};
 use miostream_peer::{
     spawn_node, Announcement, Identity, NodeConfig, NodeEvent, SessionConfig, SupervisorUrl, Trust,
 };
 use miostream_protocol::{Chunk, ComponentType, IntegrityMode, PeerId, TopologyKind};
 use miostream_relay::{AcceptAll, RelayConfig};
 use miostream_webrtc::WebRtcConfig;
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-/// The gap left after the last block of a pass before the next one starts.
-const LOOP_FRAME_MS: u64 = 40;
+/// How long an ingest waits for its encoder to start pushing.
+pub const INGEST_WAIT: Duration = Duration::from_secs(120);
 
 /// How long the broadcaster keeps serving after its input ended.
 const END_GRACE: Duration = Duration::from_secs(2);
@@ -67,6 +68,26 @@ pub enum Input {
         /// ALSA capture device for audio; silence when absent.
         audio: Option<String>,
     },
+    /// An RTMP or SRT ingest that an encoder (OBS, ffmpeg) pushes to;
+    /// ffmpeg listens and transcodes to VP8 + Opus.
+    Ingest(IngestUrl),
+}
+
+impl Input {
+    fn source(&self) -> Source {
+        match self {
+            Input::File { path, looped } => Source::File {
+                path: path.clone(),
+                looped: *looped,
+            },
+            Input::Stdin => Source::Stdin,
+            Input::Webcam { device, audio } => Source::Webcam {
+                device: device.clone(),
+                audio: audio.clone(),
+            },
+            Input::Ingest(url) => Source::Ingest(url.clone()),
+        }
+    }
 }
 
 /// A broadcaster's settings.
@@ -90,6 +111,10 @@ pub struct BroadcastConfig {
     pub bind: Option<IpAddr>,
     /// STUN/TURN URLs.
     pub ice_servers: Vec<String>,
+    /// Title shown to viewers (`list`, the dashboard); empty: none.
+    pub title: String,
+    /// How ffmpeg encodes a webcam or an ingest.
+    pub encoder: Encoder,
 }
 
 /// What a finished broadcast did.
@@ -103,93 +128,12 @@ pub struct BroadcastReport {
     pub bytes: u64,
 }
 
-/// Opens the media source.
-async fn open(
-    input: &Input,
-) -> anyhow::Result<(
-    Box<dyn AsyncRead + Unpin + Send>,
-    Option<tokio::process::Child>,
-)> {
-    match input {
-        Input::File { path, .. } => {
-            let f = tokio::fs::File::open(path)
-                .await
-                .with_context(|| format!("cannot open {}", path.display()))?;
-            Ok((Box::new(f), None))
-        }
-        Input::Stdin => Ok((Box::new(tokio::io::stdin()), None)),
-        Input::Webcam { device, audio } => {
-            if !device.exists() {
-                bail!("camera {} not found", device.display());
-            }
-            let mut cmd = tokio::process::Command::new("ffmpeg");
-            cmd.args(["-hide_banner", "-loglevel", "error", "-f", "v4l2", "-i"])
-                .arg(device);
-            match audio {
-                Some(a) => cmd.args(["-f", "alsa", "-i", a]),
-                None => cmd.args(["-f", "lavfi", "-i", "anullsrc=r=48000:cl=stereo"]),
-            };
-            cmd.args([
-                "-c:v",
-                "libvpx",
-                "-b:v",
-                "1032k",
-                "-g",
-                "30",
-                "-deadline",
-                "realtime",
-                "-cpu-used",
-                "16",
-                "-c:a",
-                "libopus",
-                "-b:a",
-                "128k",
-                "-f",
-                "webm",
-                "-live",
-                "1",
-                "-cluster_size_limit",
-                "5000000",
-                "-cluster_time_limit",
-                "1100",
-                "pipe:1",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-            let mut child = cmd
-                .spawn()
-                .context("cannot start ffmpeg for the webcam (is ffmpeg installed?)")?;
-            let stdout = child.stdout.take().context("ffmpeg stdout")?;
-            Ok((Box::new(stdout), Some(child)))
-        }
+/// Sleeps for `d`, or forever when `d` is `Duration::MAX`.
+async fn sleep_or_never(d: Duration) {
+    match tokio::time::Instant::now().checked_add(d) {
+        Some(at) if d != Duration::MAX => tokio::time::sleep_until(at).await,
+        _ => std::future::pending().await,
     }
-}
-
-/// Reads `reader` until its init segment is whole; returns a reader that
-/// yields everything again from the first byte, and the init segment.
-async fn read_init(
-    mut reader: Box<dyn AsyncRead + Unpin + Send>,
-) -> anyhow::Result<(impl AsyncRead + Unpin + Send, Vec<u8>)> {
-    let mut splitter = Splitter::new();
-    let mut read = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let init = loop {
-        let n = reader.read(&mut buf).await.context("reading the input")?;
-        let segments = if n == 0 {
-            splitter.finish()?
-        } else {
-            splitter.push(&buf[..n])?
-        };
-        read.extend_from_slice(&buf[..n]);
-        if let Some(Segment::Init(init)) = segments.into_iter().next() {
-            break init;
-        }
-        if n == 0 {
-            bail!("the input ended before its first WebM Tracks");
-        }
-    };
-    Ok((std::io::Cursor::new(read).chain(reader), init))
 }
 
 fn unix_us() -> u64 {
@@ -204,25 +148,51 @@ pub async fn run(
     config: BroadcastConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<BroadcastReport> {
+    miostream_protocol::signal::check_title(&config.title)
+        .map_err(|e| anyhow::anyhow!("--title: {e}"))?;
     let bind = match config.bind {
         Some(ip) => ip,
         None => miostream_peer::local_ip_towards(&config.supervisor)
             .await
             .with_context(|| format!("no route to {}", config.supervisor))?,
     };
-    // Open the input first: a missing file or camera is reported before
-    // anything is announced.
-    let (reader, child) = open(&config.input).await?;
+    // Open the input first: a missing file, camera or ffmpeg is reported
+    // before anything is announced.
+    let mut source = MediaSource::open(
+        config.input.source(),
+        SourceConfig {
+            encoder: config.encoder.clone(),
+            ..SourceConfig::default()
+        },
+    )
+    .await?;
     // The init segment first: the announced media type names its codecs
-    // (`video/webm; codecs="vp8,opus"`), which browser players need. What
-    // was read is played from the start.
+    // (`video/webm; codecs="vp8,opus"`), which browser players need. An
+    // ingest has none until its encoder pushes.
     tokio::pin!(shutdown);
-    let (prefix, init) = tokio::select! {
-        r = read_init(reader) => r?,
+    let what = source.describe().to_owned();
+    let wait = match config.input {
+        Input::Ingest(_) => {
+            info!(input = %what, "waiting for the encoder to push");
+            INGEST_WAIT
+        }
+        _ => Duration::MAX,
+    };
+    let first = tokio::select! {
+        r = source.next() => r?,
         _ = &mut shutdown => return Ok(BroadcastReport::default()),
+        _ = sleep_or_never(wait) => bail!(
+            "no input on {what} within {} s: is the encoder streaming to it?",
+            wait.as_secs()
+        ),
+    };
+    let init = match first {
+        Some(Segment::Init(init)) => init,
+        Some(Segment::Cluster(_)) | None => {
+            bail!("{what} ended before its first WebM Tracks")
+        }
     };
     let media_type = live_media_type("video/webm", Some(&init));
-    let mut reader: Box<dyn AsyncRead + Unpin + Send> = Box::new(prefix);
     let source_key = SourceKey::generate(&mut rand::rng());
     let signing_key = (config.integrity == IntegrityMode::Sign).then(|| source_key.public_base64());
     let peer_id = PeerId::random();
@@ -250,6 +220,7 @@ pub async fn run(
                 integrity: config.integrity,
                 media_type: media_type.clone(),
                 signing_key,
+                title: config.title.clone(),
             }),
             relay: RelayConfig::default(),
             verifier: Box::new(|_| Box::new(AcceptAll)),
@@ -272,8 +243,6 @@ pub async fn run(
     };
     let mut chunker = Chunker::new(keys.stream.id, 0);
     let publish = node.publish.clone();
-    let paced = matches!(config.input, Input::File { .. });
-    let looped = matches!(config.input, Input::File { looped: true, .. });
     let mut report = BroadcastReport::default();
     let (node_events_tx, mut node_events) = mpsc::channel::<String>(4);
     // Watch the node: a failure ends the broadcast.
@@ -289,100 +258,67 @@ pub async fn run(
 
     let pump = async {
         let start = Instant::now();
-        let mut first_ts: Option<u64> = None;
-        // Where the media played so far ends (last block), for looping.
-        let mut end_ms = 0u64;
-        let mut shift = 0u64;
-        let mut sent_init = false;
         let mut last_log = Instant::now();
-        loop {
-            let mut splitter = Splitter::new();
-            splitter.set_timestamp_shift(shift);
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = reader.read(&mut buf).await.context("reading the input")?;
-                let segments = if n == 0 {
-                    splitter.finish()?
-                } else {
-                    splitter.push(&buf[..n])?
-                };
-                for segment in &segments {
-                    match segment {
-                        Segment::Init(_) if sent_init => continue, // a loop pass: same tracks
-                        Segment::Init(_) => sent_init = true,
-                        Segment::Cluster(c) => {
-                            let first = *first_ts.get_or_insert(c.timestamp_ms);
-                            end_ms = end_ms.max(c.last_block_ms);
-                            if paced {
-                                let due = start
-                                    + Duration::from_millis(c.timestamp_ms.saturating_sub(first));
-                                tokio::time::sleep_until(due.into()).await;
-                            }
-                            report.clusters += 1;
-                        }
-                    }
-                    let pieces = chunker.chunks(segment, 0);
-                    let gap = spacing(segment, pieces.len());
-                    let burst = Instant::now();
-                    for (i, (mut header, payload)) in pieces.into_iter().enumerate() {
-                        if i > 0 && !gap.is_zero() {
-                            tokio::time::sleep_until((burst + gap * i as u32).into()).await;
-                        }
-                        // Stamped (and so tagged) when it leaves.
-                        header.send_time_us = unix_us();
-                        let tag = tagger.tag(&header, payload);
-                        let frame = Chunk {
-                            header,
-                            tag,
-                            payload: payload.to_vec(),
-                        }
-                        .encode()?;
-                        report.chunks += 1;
-                        report.bytes += payload.len() as u64;
-                        publish
-                            .send(Bytes::from(frame))
-                            .await
-                            .context("the node stopped")?;
-                    }
-                }
-                if last_log.elapsed() >= Duration::from_secs(5) {
-                    let secs = start.elapsed().as_secs_f64();
-                    info!(
-                        clusters = report.clusters,
-                        chunks = report.chunks,
-                        kbps = (report.bytes as f64 * 8.0 / secs / 1000.0) as u64,
-                        dropped_frames = counters
-                            .dropped_frames
-                            .load(std::sync::atomic::Ordering::Relaxed),
-                        "broadcasting"
-                    );
-                    last_log = Instant::now();
-                }
-                if n == 0 {
-                    break;
-                }
+        // The init segment read above, then every segment when due (the
+        // source paces and loops files).
+        let mut next = Some(Segment::Init(init));
+        while let Some(segment) = next {
+            if let Segment::Cluster(_) = segment {
+                report.clusters += 1;
             }
-            if !looped {
-                // Let the last chunks reach every receiver before leaving
-                // (leaving ends the stream).
-                tokio::time::sleep(END_GRACE).await;
-                return anyhow::Ok(());
+            let pieces = chunker.chunks(&segment, 0);
+            let gap = spacing(&segment, pieces.len());
+            let burst = Instant::now();
+            for (i, (mut header, payload)) in pieces.into_iter().enumerate() {
+                if i > 0 && !gap.is_zero() {
+                    tokio::time::sleep_until((burst + gap * i as u32).into()).await;
+                }
+                // Stamped (and so tagged) when it leaves.
+                header.send_time_us = unix_us();
+                let tag = tagger.tag(&header, payload);
+                let frame = Chunk {
+                    header,
+                    tag,
+                    payload: payload.to_vec(),
+                }
+                .encode()?;
+                report.chunks += 1;
+                report.bytes += payload.len() as u64;
+                publish
+                    .send(Bytes::from(frame))
+                    .await
+                    .context("the node stopped")?;
             }
-            // Next pass: timestamps continue after the last block, one frame
-            // (≤ 40 ms: 25 fps video, 20 ms Opus) later.
-            shift = end_ms + LOOP_FRAME_MS - first_ts.unwrap_or(0);
-            // Only files loop, and files have no child process.
-            reader = open(&config.input).await?.0;
+            if last_log.elapsed() >= Duration::from_secs(5) {
+                let secs = start.elapsed().as_secs_f64();
+                info!(
+                    clusters = report.clusters,
+                    chunks = report.chunks,
+                    kbps = (report.bytes as f64 * 8.0 / secs / 1000.0) as u64,
+                    dropped_frames = counters
+                        .dropped_frames
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    "broadcasting"
+                );
+                last_log = Instant::now();
+            }
+            next = source.next().await?;
         }
+        if let Input::Ingest(_) = config.input {
+            info!(input = %what, "the encoder stopped: ending the stream");
+        }
+        // Let the last chunks reach every receiver before leaving (leaving
+        // ends the stream).
+        tokio::time::sleep(END_GRACE).await;
+        anyhow::Ok(())
     };
     let result = tokio::select! {
         r = pump => r,
         Some(reason) = node_events.recv() => Err(anyhow::anyhow!("{reason}")),
         _ = &mut shutdown => Ok(()),
     };
-    if let Some(mut c) = child {
-        let _ = c.kill().await;
-    }
+    // Dropping the source kills its ffmpeg, if any.
+    drop(source);
     watcher.abort();
     node.stop().await;
     if let Err(e) = &result {

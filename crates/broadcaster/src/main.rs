@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use miostream_broadcaster::{run, BroadcastConfig, Input};
+use miostream_media_io::{Encoder, IngestUrl, VideoSize};
 use miostream_peer::{keygen, one_line, ConnectionFlags, PeerPaths};
 use miostream_protocol::{ComponentType, IntegrityMode, TopologyKind};
 
@@ -26,6 +27,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once per process: the size of `Run` costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Create an identity: DIR/peer.key (0600) and DIR/peer.pub (give it to
     /// the supervisor's operator to authorize with --role broadcaster).
@@ -58,7 +61,10 @@ enum Command {
         /// Chunk integrity: sign (Ed25519, relays cannot forge) or hmac (the paper's).
         #[arg(long, default_value = "sign")]
         integrity: IntegrityMode,
-        /// A WebM file, or - for a live WebM on standard input.
+        /// A WebM file, - for a live WebM on standard input, or an ingest
+        /// that an encoder (OBS, ffmpeg) pushes to: rtmp://HOST:PORT/APP/KEY
+        /// or srt://HOST:PORT (ffmpeg listens there and transcodes to VP8 +
+        /// Opus).
         #[arg(long, conflicts_with = "webcam", required_unless_present = "webcam")]
         input: Option<PathBuf>,
         /// Replay the file forever (timestamps continue; no re-init).
@@ -76,6 +82,23 @@ enum Command {
         /// STUN/TURN server URL for NAT traversal (repeatable).
         #[arg(long = "ice-server")]
         ice_servers: Vec<String>,
+        /// Video bitrate of the webcam or ingest encoder (kbit/s, 50–50000;
+        /// default 1032).
+        #[arg(long, value_name = "K")]
+        video_bitrate: Option<u32>,
+        /// Frame size of the webcam or ingest encoder, WxH (default: the input's).
+        #[arg(long, value_name = "WxH")]
+        video_size: Option<VideoSize>,
+        /// Frame rate of the webcam or ingest encoder (1–120; default: the input's).
+        #[arg(long, value_name = "F")]
+        framerate: Option<u32>,
+        /// Frames between keyframes (each starts a cluster; 1–600; default 30).
+        #[arg(long, value_name = "N")]
+        keyint: Option<u32>,
+        /// A title shown to viewers (`miostream-receiver list`, the
+        /// dashboard): at most 200 characters, one line.
+        #[arg(long, default_value = "")]
+        title: String,
     },
 }
 
@@ -127,19 +150,46 @@ fn main_inner(cli: Cli) -> anyhow::Result<()> {
             audio,
             bind,
             ice_servers,
+            title,
+            video_bitrate,
+            video_size,
+            framerate,
+            keyint,
         } => {
             let input = match (input, webcam) {
                 (Some(p), _) if p.as_os_str() == "-" => Input::Stdin,
+                (Some(p), _) if IngestUrl::is_ingest(&p.to_string_lossy()) => Input::Ingest(
+                    p.to_string_lossy()
+                        .parse()
+                        .map_err(|e| anyhow::anyhow!("--input {e}"))?,
+                ),
                 (Some(path), _) => Input::File {
                     path,
                     looped: r#loop,
                 },
                 (None, Some(device)) => Input::Webcam { device, audio },
                 (None, None) => {
-                    anyhow::bail!("give --input FILE.webm, --input - or --webcam /dev/videoN")
+                    anyhow::bail!("give --input FILE.webm, --input -, --input rtmp://… or srt://…, or --webcam /dev/videoN")
                 }
             };
             let conn = conn.resolve(ComponentType::Broadcaster)?;
+            let defaults = Encoder::default();
+            let set = video_bitrate.is_some()
+                || video_size.is_some()
+                || framerate.is_some()
+                || keyint.is_some();
+            if set && matches!(input, Input::File { .. } | Input::Stdin) {
+                anyhow::bail!(
+                    "--video-bitrate, --video-size, --framerate and --keyint apply to what ffmpeg encodes (--webcam, rtmp:// and srt:// inputs), not to a WebM file or stdin"
+                );
+            }
+            let encoder = Encoder {
+                video_kbps: video_bitrate.unwrap_or(defaults.video_kbps),
+                size: video_size,
+                framerate,
+                keyint: keyint.unwrap_or(defaults.keyint),
+            };
+            encoder.check().map_err(anyhow::Error::msg)?;
             let config = BroadcastConfig {
                 supervisor: conn.supervisor,
                 identity: conn.identity,
@@ -150,6 +200,8 @@ fn main_inner(cli: Cli) -> anyhow::Result<()> {
                 input,
                 bind,
                 ice_servers,
+                title,
+                encoder,
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             let report = runtime.block_on(run(config, shutdown_signal()))?;

@@ -119,3 +119,82 @@ async fn enroll_then_run_without_connection_flags() {
     assert!(err.contains("cannot open /nonexistent/talk.webm"), "{err}");
     sup.stop().await;
 }
+
+#[test]
+fn bad_titles_and_encoder_settings_are_one_line_errors() {
+    let (_tmp, args) = setup();
+    let long = "x".repeat(201);
+    fails_with(
+        &args,
+        &["--input", "-", "--title", &long],
+        "--title: the title is 201 characters long; at most 200 are allowed",
+    );
+    fails_with(
+        &args,
+        &["--webcam", "/dev/video99", "--video-bitrate", "10"],
+        "--video-bitrate 10 is outside 50..=50000 kbit/s",
+    );
+    fails_with(
+        &args,
+        &["--webcam", "/dev/video99", "--keyint", "0"],
+        "--keyint 0 is outside 1..=600 frames",
+    );
+    fails_with(
+        &args,
+        &["--input", "talk.webm", "--framerate", "30"],
+        "apply to what ffmpeg encodes",
+    );
+    fails_with(
+        &args,
+        &["--input", "rtmp://127.0.0.1:1935/live"],
+        "expected rtmp://HOST:PORT/APP/KEY",
+    );
+    fails_with(
+        &args,
+        &["--input", "srt://127.0.0.1:9000?mode=caller"],
+        "the broadcaster listens (mode=listener)",
+    );
+    // A malformed size is clap's usage error, naming the flag.
+    let out = Command::new(BIN)
+        .args(&args)
+        .args(["--webcam", "/dev/video99", "--video-size", "13x7"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--video-size") && err.contains("expected WxH"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_busy_ingest_port_is_one_line_without_the_stream_key() {
+    if std::process::Command::new("ffmpeg")
+        .arg("-version")
+        .output()
+        .is_err()
+    {
+        assert!(std::env::var_os("CI").is_none(), "CI must have ffmpeg");
+        eprintln!("skipping: ffmpeg is not installed");
+        return;
+    }
+    let (_tmp, args) = setup();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let url = format!("rtmp://127.0.0.1:{port}/live/hush-hush-key");
+    let out = Command::new(BIN)
+        .args(&args)
+        .args(["--input", &url])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.trim().lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("miostream-broadcaster: ffmpeg failed"),
+        "{err}"
+    );
+    assert!(!err.contains("hush-hush-key"), "the key leaked: {err}");
+    drop(busy);
+}

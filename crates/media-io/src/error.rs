@@ -64,6 +64,9 @@ pub enum MediaIoError {
         /// The end of its error output.
         stderr: String,
     },
+    /// Encoder settings out of bounds (names the flag).
+    #[error("{0}")]
+    Settings(String),
     /// The HTTP endpoint could not listen.
     #[error("cannot serve on {addr}: {source}")]
     Bind {

@@ -4,7 +4,9 @@
 //! - Broadcaster side, [`MediaSource`]: a WebM file paced at real time by
 //!   its cluster timestamps (optionally looped: the next pass *continues the
 //!   timestamps*, no re-init), a live WebM from stdin or any reader, or a
-//!   V4L2 webcam encoded to VP8 + Opus by an ffmpeg child process. It yields
+//!   V4L2 webcam or an RTMP/SRT ingest (an encoder such as OBS pushes to a
+//!   listening ffmpeg child) encoded to VP8 + Opus with the [`Encoder`]
+//!   settings. It yields
 //!   [`Segment`]s (the init segment once, then clusters when due).
 //! - Receiver side: [`StreamWriter`] writes reassembled WebM to a file or
 //!   stdout; [`LiveServer`] serves it over HTTP/1.1 (hyper) to any number
@@ -18,11 +20,13 @@
 //!
 //! Not here: chunk framing, integrity and transport (the peer crates).
 
+mod encode;
 mod error;
 mod serve;
 mod sink;
 mod source;
 
+pub use encode::{Encoder, IngestUrl, VideoSize};
 pub use error::MediaIoError;
 pub use miostream_media::Segment;
 pub use serve::{LiveServer, ServeConfig, STREAM_PATH};

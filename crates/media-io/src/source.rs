@@ -13,6 +13,7 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::encode::{scrub, Encoder, IngestUrl};
 use crate::MediaIoError;
 
 /// Gap between the last block of one `--loop` pass and the first of the
@@ -42,6 +43,9 @@ pub enum Source {
         /// An ALSA capture device for audio; silence when `None`.
         audio: Option<String>,
     },
+    /// An RTMP or SRT ingest: ffmpeg listens for one encoder (OBS, ffmpeg)
+    /// and transcodes what it pushes (H.264/AAC, …) the same way.
+    Ingest(IngestUrl),
 }
 
 impl std::fmt::Debug for Source {
@@ -59,6 +63,7 @@ impl std::fmt::Debug for Source {
                 .field("device", device)
                 .field("audio", audio)
                 .finish(),
+            Source::Ingest(url) => f.debug_tuple("Ingest").field(url).finish(),
         }
     }
 }
@@ -70,6 +75,8 @@ pub struct SourceConfig {
     pub ffmpeg: PathBuf,
     /// Bytes read per system call (default 64 KiB).
     pub read_size: usize,
+    /// How ffmpeg encodes a webcam or an ingest.
+    pub encoder: Encoder,
 }
 
 impl Default for SourceConfig {
@@ -77,37 +84,10 @@ impl Default for SourceConfig {
         Self {
             ffmpeg: PathBuf::from("ffmpeg"),
             read_size: 64 * 1024,
+            encoder: Encoder::default(),
         }
     }
 }
-
-/// The ffmpeg arguments after the inputs: PRODUCT.md's settings for
-/// keyframe-aligned ~1 s clusters.
-const ENCODE_ARGS: &[&str] = &[
-    "-c:v",
-    "libvpx",
-    "-b:v",
-    "1032k",
-    "-g",
-    "30",
-    "-deadline",
-    "realtime",
-    "-cpu-used",
-    "16",
-    "-c:a",
-    "libopus",
-    "-b:a",
-    "128k",
-    "-f",
-    "webm",
-    "-live",
-    "1",
-    "-cluster_size_limit",
-    "5000000",
-    "-cluster_time_limit",
-    "1100",
-    "pipe:1",
-];
 
 /// A running source: call [`MediaSource::next`] for each segment.
 pub struct MediaSource {
@@ -124,6 +104,8 @@ pub struct MediaSource {
     first_ts: Option<u64>,
     end_ms: u64,
     child: Option<Child>,
+    /// What to scrub from ffmpeg's messages (an ingest's stream key).
+    secrets: Vec<String>,
     done: bool,
 }
 
@@ -149,6 +131,8 @@ impl MediaSource {
     /// Opens the source now, so a missing file, camera or ffmpeg is
     /// reported before anything else starts.
     pub async fn open(source: Source, config: SourceConfig) -> Result<Self, MediaIoError> {
+        config.encoder.check().map_err(MediaIoError::Settings)?;
+        let mut secrets = Vec::new();
         let (what, reader, pacing, loop_path, child): (
             String,
             Box<dyn AsyncRead + Unpin + Send>,
@@ -170,9 +154,38 @@ impl MediaSource {
             ),
             Source::Reader(r) => ("input".into(), r, false, None, None),
             Source::Webcam { device, audio } => {
-                let (stdout, child) = spawn_webcam(&config.ffmpeg, &device, audio.as_deref())?;
+                if !device.exists() {
+                    return Err(MediaIoError::CameraMissing { device });
+                }
+                let mut input: Vec<String> = vec!["-f".into(), "v4l2".into()];
+                if let Some(s) = config.encoder.size {
+                    input.extend(["-video_size".into(), s.to_string()]);
+                }
+                if let Some(f) = config.encoder.framerate {
+                    input.extend(["-framerate".into(), f.to_string()]);
+                }
+                input.extend(["-i".into(), device.display().to_string()]);
+                match audio {
+                    Some(a) => input.extend(["-f".into(), "alsa".into(), "-i".into(), a]),
+                    None => input.extend(
+                        ["-f", "lavfi", "-i", "anullsrc=r=48000:cl=stereo"].map(String::from),
+                    ),
+                }
+                let (stdout, child) = spawn_ffmpeg(&config.ffmpeg, &input, &config.encoder)?;
                 (
                     format!("ffmpeg capturing {}", device.display()),
+                    Box::new(stdout),
+                    false,
+                    None,
+                    Some(child),
+                )
+            }
+            Source::Ingest(url) => {
+                secrets = url.secrets();
+                let (stdout, child) =
+                    spawn_ffmpeg(&config.ffmpeg, &url.input_args(), &config.encoder)?;
+                (
+                    format!("ffmpeg listening on {url}"),
                     Box::new(stdout),
                     false,
                     None,
@@ -192,8 +205,14 @@ impl MediaSource {
             first_ts: None,
             end_ms: 0,
             child,
+            secrets,
             done: false,
         })
+    }
+
+    /// What the source reads, for messages (secrets redacted).
+    pub fn describe(&self) -> &str {
+        &self.what
     }
 
     /// The next segment: the init segment first (once, even when looping),
@@ -242,11 +261,13 @@ impl MediaSource {
             self.ready.extend(segments);
             return Ok(());
         }
+        // ffmpeg's own failure explains a cut-off stream best: first.
+        if let Some(child) = &mut self.child {
+            check_ffmpeg(child, &self.secrets).await?;
+            tracing::info!(input = %self.what, "ffmpeg exited: its input ended");
+        }
         let segments = self.splitter.finish().map_err(media)?;
         self.ready.extend(segments);
-        if let Some(child) = &mut self.child {
-            check_ffmpeg(child).await?;
-        }
         match &self.loop_path {
             Some(path) if self.first_ts.is_some() => {
                 // The next pass continues the time line one frame after the
@@ -271,24 +292,17 @@ impl Drop for MediaSource {
     }
 }
 
-fn spawn_webcam(
+/// Spawns ffmpeg with `input` arguments and the encoder's output
+/// arguments (live WebM on its stdout); the one way an ffmpeg child is made.
+fn spawn_ffmpeg(
     ffmpeg: &PathBuf,
-    device: &PathBuf,
-    audio: Option<&str>,
+    input: &[String],
+    encoder: &Encoder,
 ) -> Result<(tokio::process::ChildStdout, Child), MediaIoError> {
-    if !device.exists() {
-        return Err(MediaIoError::CameraMissing {
-            device: device.clone(),
-        });
-    }
     let mut cmd = Command::new(ffmpeg);
-    cmd.args(["-hide_banner", "-loglevel", "error", "-f", "v4l2", "-i"])
-        .arg(device);
-    match audio {
-        Some(a) => cmd.args(["-f", "alsa", "-i", a]),
-        None => cmd.args(["-f", "lavfi", "-i", "anullsrc=r=48000:cl=stereo"]),
-    };
-    cmd.args(ENCODE_ARGS)
+    cmd.args(["-hide_banner", "-nostdin", "-loglevel", "error"])
+        .args(input)
+        .args(encoder.output_args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -309,7 +323,7 @@ fn spawn_webcam(
 
 /// At the end of ffmpeg's output: an error exit becomes an error with the
 /// end of its error output.
-async fn check_ffmpeg(child: &mut Child) -> Result<(), MediaIoError> {
+async fn check_ffmpeg(child: &mut Child, secrets: &[String]) -> Result<(), MediaIoError> {
     let status = child.wait().await.map_err(|source| MediaIoError::Read {
         what: "ffmpeg".into(),
         source,
@@ -322,7 +336,7 @@ async fn check_ffmpeg(child: &mut Child) -> Result<(), MediaIoError> {
         // Bounded: the last words are what matter.
         let _ = e.take(64 * 1024).read_to_end(&mut stderr).await;
     }
-    let text = String::from_utf8_lossy(&stderr);
+    let text = scrub(&String::from_utf8_lossy(&stderr), secrets);
     let tail: String = text
         .trim()
         .lines()

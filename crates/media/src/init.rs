@@ -11,19 +11,7 @@ use crate::MediaError;
 /// child (a Cluster, or a partial element) are refused as [`MediaError`].
 /// Idempotent: the splitter's own init segments come back unchanged.
 pub fn fix_up_init(init: &[u8]) -> Result<Vec<u8>, MediaError> {
-    let (ebml_id, ebml_size, hl) = header_at(init, 0)?;
-    if ebml_id != id::EBML {
-        return Err(MediaError::NotWebm { found: ebml_id });
-    }
-    let ebml_end = end_of(init, 0, ebml_id, ebml_size, hl)?;
-    let (seg_id, _, seg_hl) = header_at(init, ebml_end)?;
-    if seg_id != id::SEGMENT {
-        return Err(MediaError::Corrupt {
-            offset: ebml_end as u64,
-            what: "expected a Segment after the EBML header",
-        });
-    }
-    let body_start = ebml_end + seg_hl;
+    let (ebml_end, body_start) = segment_start(init)?;
     let mut out = Vec::with_capacity(init.len() + 8);
     out.extend_from_slice(&init[..ebml_end]);
     out.extend_from_slice(&init[ebml_end..ebml_end + 4]);
@@ -60,8 +48,25 @@ pub fn fix_up_init(init: &[u8]) -> Result<Vec<u8>, MediaError> {
     Ok(out)
 }
 
+/// Where an init segment's EBML header ends and its Segment's body starts.
+pub(crate) fn segment_start(init: &[u8]) -> Result<(usize, usize), MediaError> {
+    let (ebml_id, ebml_size, hl) = header_at(init, 0)?;
+    if ebml_id != id::EBML {
+        return Err(MediaError::NotWebm { found: ebml_id });
+    }
+    let ebml_end = end_of(init, 0, ebml_id, ebml_size, hl)?;
+    let (seg_id, _, seg_hl) = header_at(init, ebml_end)?;
+    if seg_id != id::SEGMENT {
+        return Err(MediaError::Corrupt {
+            offset: ebml_end as u64,
+            what: "expected a Segment after the EBML header",
+        });
+    }
+    Ok((ebml_end, ebml_end + seg_hl))
+}
+
 /// Reads the element header at `at`.
-fn header_at(buf: &[u8], at: usize) -> Result<(u32, Option<u64>, usize), MediaError> {
+pub(crate) fn header_at(buf: &[u8], at: usize) -> Result<(u32, Option<u64>, usize), MediaError> {
     let rest = buf.get(at..).unwrap_or_default();
     let truncated = MediaError::Truncated {
         offset: buf.len() as u64,
@@ -87,7 +92,7 @@ fn header_at(buf: &[u8], at: usize) -> Result<(u32, Option<u64>, usize), MediaEr
 }
 
 /// The end of a known-size element at `at` that must lie within `buf`.
-fn end_of(
+pub(crate) fn end_of(
     buf: &[u8],
     at: usize,
     i: u32,

@@ -17,6 +17,9 @@
 //!   cluster on; after a hole, from the next keyframe cluster.
 //! - [`live_media_type`]: the MIME type with codecs (`video/webm;
 //!   codecs="vp8,opus"`) that a browser player needs, from the init segment.
+//! - [`Recorder`]: a live stream → a seekable WebM file (`--out`): known
+//!   Segment size, Duration, Cues and SeekHead patched in on close; a file
+//!   cut off before that still plays.
 //! - [`PlaybackModel`]: the startup buffer, media clock and stall
 //!   accounting behind the receiver's QoS figures.
 //!
@@ -28,6 +31,7 @@ mod ebml;
 mod init;
 mod pace;
 mod reassemble;
+mod record;
 mod split;
 
 pub mod chunk;
@@ -40,6 +44,7 @@ pub use init::fix_up_init;
 pub use pace::{Pacer, DEFAULT_MAX_JUMP};
 pub use playback::{PlaybackModel, PlaybackStats};
 pub use reassemble::{Reassembled, Reassembler, ReassemblyConfig};
+pub use record::{Closing, Patch, Recorder, MAX_CUES};
 pub use split::{Cluster, Segment, Splitter, MAX_ELEMENT};
 
 /// Why WebM input was refused.

@@ -502,7 +502,7 @@ fn header_len(element: &[u8]) -> usize {
 }
 
 /// The number of the first video track in a Tracks body.
-fn video_track(tracks: &[u8]) -> Option<u64> {
+pub(crate) fn video_track(tracks: &[u8]) -> Option<u64> {
     ebml::children(tracks)
         .filter(|(i, _)| *i == id::TRACK_ENTRY)
         .find_map(|(_, entry)| {
@@ -531,7 +531,7 @@ fn block_track_flags(block: &[u8]) -> Option<(u64, u8)> {
 
 /// A (Simple)Block's timecode relative to its cluster, in ticks; blocks
 /// before the cluster's start (negative) and malformed ones count as 0.
-fn block_timecode(block: &[u8]) -> u64 {
+pub(crate) fn block_timecode(block: &[u8]) -> u64 {
     let Read::Done(Some(_), len) = ebml::read_size(block) else {
         return 0;
     };
@@ -542,7 +542,7 @@ fn block_timecode(block: &[u8]) -> u64 {
 }
 
 /// Rebuilds a cluster with a new Timestamp (known size).
-fn shift_cluster(body: &[u8], timestamp: u64) -> Vec<u8> {
+pub(crate) fn shift_cluster(body: &[u8], timestamp: u64) -> Vec<u8> {
     let mut children = Vec::with_capacity(body.len() + 16);
     children.push(0xE7);
     children.push(0x88);

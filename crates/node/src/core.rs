@@ -26,6 +26,8 @@ pub struct Announcement {
     pub media_type: String,
     /// Ed25519 public key (base64) in `sign` mode.
     pub signing_key: Option<String>,
+    /// Title shown to viewers (empty: none).
+    pub title: String,
 }
 
 /// The stream's keys, as the supervisor handed them over.
@@ -249,6 +251,7 @@ impl NodeCore {
                         id: k.stream.id,
                         stream_key: k.stream_key.clone(),
                     }),
+                    title: a.title.clone(),
                 };
                 self.out.push_back(NodeOutput::Supervisor(msg));
             }

@@ -43,6 +43,8 @@ fn joined(broadcaster: PeerId) -> SupervisorMessage {
             integrity: IntegrityMode::Hmac,
             media_type: "video/webm".into(),
             receivers: 1,
+            title: String::new(),
+            bitrate_bps: 0,
         },
         stream_key: String::new(),
         signing_key: None,

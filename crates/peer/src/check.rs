@@ -95,6 +95,8 @@ mod tests {
                 integrity: IntegrityMode::Sign,
                 media_type: "video/webm".into(),
                 receivers: 0,
+                title: String::new(),
+                bitrate_bps: 0,
             },
             stream_key: String::new(),
             signing_key: Some(signing_key),

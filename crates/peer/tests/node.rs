@@ -134,6 +134,7 @@ async fn stream_through_with(
             integrity: IntegrityMode::Hmac,
             media_type: "video/webm".into(),
             signing_key: None,
+            title: String::new(),
         }),
     );
     let NodeEvent::Announced(keys) = next(&mut b).await else {
@@ -262,6 +263,7 @@ async fn a_forging_relay_is_rejected_reported_and_cut_out_in_sign_mode() {
             integrity: IntegrityMode::Sign,
             media_type: "video/webm".into(),
             signing_key: Some(signing_key),
+            title: String::new(),
         }),
     );
     let NodeEvent::Announced(keys) = next(&mut b).await else {
@@ -350,6 +352,7 @@ async fn a_stalled_player_never_stalls_its_subtree() {
             integrity: IntegrityMode::Hmac,
             media_type: "video/webm".into(),
             signing_key: None,
+            title: String::new(),
         }),
     );
     let NodeEvent::Announced(keys) = next(&mut b).await else {

@@ -145,6 +145,7 @@ pub fn seed_announce() -> PeerMessage {
         media_type: "video/webm".into(),
         signing_key: None,
         resume: None,
+        title: "Friday talk".into(),
     }
 }
 
@@ -430,6 +431,8 @@ pub fn seed_signals() -> Vec<(String, Vec<u8>)> {
         integrity: IntegrityMode::Sign,
         media_type: "video/webm".into(),
         receivers: 2,
+        title: "Friday talk".into(),
+        bitrate_bps: 1_200_000,
     };
     let links = Links {
         parents: vec![a],

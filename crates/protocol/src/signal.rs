@@ -33,6 +33,23 @@ use crate::{ComponentType, IntegrityMode, PeerId, StreamId, TopologyKind};
 pub const MAX_SIGNAL_LEN: usize = 64 * 1024;
 /// Longest stream name.
 pub const MAX_STREAM_NAME_LEN: usize = 128;
+/// Longest stream title (characters).
+pub const MAX_TITLE_LEN: usize = 200;
+
+/// Checks a stream title: at most [`MAX_TITLE_LEN`] characters, no control
+/// characters (a title is shown on one line). Empty means "no title".
+pub fn check_title(title: &str) -> Result<(), String> {
+    let len = title.chars().count();
+    if len > MAX_TITLE_LEN {
+        return Err(format!(
+            "the title is {len} characters long; at most {MAX_TITLE_LEN} are allowed"
+        ));
+    }
+    if title.chars().any(char::is_control) {
+        return Err("the title must not contain control characters (newlines, tabs)".into());
+    }
+    Ok(())
+}
 
 /// Why a signaling message was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +98,17 @@ pub struct StreamInfo {
     pub media_type: String,
     /// Receivers currently joined.
     pub receivers: u32,
+    /// The broadcaster's title (empty: none). Absent from older supervisors.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub title: String,
+    /// The stream's media bitrate as the supervisor knows it (bit/s; 0 =
+    /// not known yet): smoothed over its receivers' goodput reports.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bitrate_bps: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// A stream's identity, carried over a supervisor restart by its broadcaster.
@@ -417,6 +445,10 @@ pub enum PeerMessage {
         /// and key, so chunks already flowing between peers stay valid.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume: Option<ResumeStream>,
+        /// A title shown to viewers (`list`, the dashboard); see
+        /// [`check_title`]. Empty or absent: none.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        title: String,
     },
     /// List live streams.
     ListStreams {},
@@ -761,6 +793,39 @@ mod tests {
             fatal: true,
         };
         assert!(refused.to_json().contains(r#""code":"invite_refused""#));
+    }
+
+    #[test]
+    fn titles_are_optional_and_bounded() {
+        // An announcement and a stream list from before titles parse.
+        let m = PeerMessage::from_json(
+            r#"{"type":"ANNOUNCE_STREAM","name":"a","topology":"tree","integrity":"hmac","media_type":"video/webm"}"#,
+        )
+        .unwrap();
+        let PeerMessage::AnnounceStream { title, .. } = &m else {
+            panic!()
+        };
+        assert_eq!(title, "");
+        assert!(!m.to_json().contains("title"), "no title, no key");
+        let list = SupervisorMessage::from_json(
+            r#"{"type":"STREAM_LIST","streams":[{"id":255,"name":"a","topology":"tree","integrity":"hmac","media_type":"video/webm","receivers":2}]}"#,
+        );
+        let SupervisorMessage::StreamList { streams } = list.unwrap() else {
+            panic!()
+        };
+        assert_eq!((streams[0].title.as_str(), streams[0].bitrate_bps), ("", 0));
+        let with = PeerMessage::from_json(
+            r#"{"type":"ANNOUNCE_STREAM","name":"a","topology":"tree","integrity":"hmac","media_type":"video/webm","title":"Friday talk"}"#,
+        )
+        .unwrap();
+        assert!(with.to_json().contains(r#""title":"Friday talk""#));
+        assert!(check_title("Friday talk: Rust & WebRTC").is_ok());
+        assert!(check_title("").is_ok());
+        assert!(check_title(&"é".repeat(MAX_TITLE_LEN)).is_ok());
+        let long = check_title(&"x".repeat(MAX_TITLE_LEN + 1)).unwrap_err();
+        assert!(long.contains("at most 200"), "{long}");
+        assert!(check_title("two\nlines").is_err());
+        assert!(check_title("tab\there").is_err());
     }
 
     #[test]

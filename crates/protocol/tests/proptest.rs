@@ -133,6 +133,8 @@ fn stream_info() -> impl Strategy<Value = StreamInfo> {
             },
             media_type,
             receivers,
+            title: String::new(),
+            bitrate_bps: 0,
         })
 }
 
@@ -160,6 +162,7 @@ fn peer_message() -> impl Strategy<Value = PeerMessage> {
                 media_type: "video/webm".into(),
                 signing_key,
                 resume: None,
+                title: String::new(),
             }
         }),
         Just(PeerMessage::ListStreams {}),

@@ -22,6 +22,8 @@ use miostream_webrtc::WebRtcConfig;
 use serde::Serialize;
 use tracing::{info, warn};
 
+pub mod list;
+
 /// Where the reassembled WebM goes.
 #[derive(Debug, Clone)]
 pub enum Output {
@@ -531,8 +533,13 @@ pub async fn run_serving(
             Some(NodeEvent::Announced(_)) => {}
         }
     };
-    if let Some(mut w) = out.writer {
-        let _ = w.flush().await;
+    if let Some(w) = out.writer {
+        // A file gets its Cues, Duration and sizes: it seeks.
+        match w.finish().await {
+            Ok(Some(ms)) => info!(duration_ms = ms, "recording closed"),
+            Ok(None) => {}
+            Err(e) => warn!("closing the output failed: {e}"),
+        }
     }
     if let Some(s) = out.server {
         // Players get what was published, then the end of the stream.

@@ -52,6 +52,10 @@ enum Command {
     List {
         #[command(flatten)]
         conn: ConnectionFlags,
+        /// Print one JSON array (name, title, topology, integrity,
+        /// viewers, bitrate_bps, media_type) instead of lines.
+        #[arg(long)]
+        json: bool,
     },
     /// Join a stream: play it (to a file or stdout), relay it, report QoS.
     Run {
@@ -302,7 +306,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(watch(config, player))
         }
-        Command::List { conn } => {
+        Command::List { conn, json } => {
             let miostream_peer::Connection {
                 supervisor,
                 identity,
@@ -320,14 +324,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("connecting to {supervisor}"))?;
                 let streams = client.list_streams().await?;
                 client.close().await;
+                if json {
+                    println!("{}", miostream_receiver::list::to_json(&streams));
+                    return anyhow::Ok(());
+                }
                 if streams.is_empty() {
                     println!("no live streams");
                 }
-                for s in streams {
-                    println!(
-                        "{}\t{} topology\t{} integrity\t{} receivers\t{}",
-                        s.name, s.topology, s.integrity, s.receivers, s.media_type
-                    );
+                for s in &streams {
+                    println!("{}", miostream_receiver::list::ListedStream::from(s).line());
                 }
                 anyhow::Ok(())
             })

@@ -69,6 +69,8 @@ impl Stream {
             },
             bind: Some(local),
             ice_servers: vec![],
+            title: String::new(),
+            encoder: Default::default(),
         };
         let broadcaster = (
             stop,

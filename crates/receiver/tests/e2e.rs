@@ -1,7 +1,9 @@
 //! The whole system on real media over real WebRTC: a supervisor, the
 //! broadcaster on the bundled WebM, receivers writing what they play. Each
-//! receiver's output must equal the broadcaster's stream from its join
-//! point: the init segment, then whole clusters from a keyframe on.
+//! receiver's output must be the broadcaster's stream from its join
+//! point: the init segment, then whole clusters from a keyframe on, frame
+//! for frame — recorded as a seekable file (ffprobe reads its duration,
+//! ffmpeg seeks into its middle).
 
 #![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
 
@@ -18,7 +20,7 @@ use miostream_test_support::supervisor::{keys, TestSupervisor};
 use miostream_test_support::LanHost;
 
 /// The bundled file cut to its first `clusters` clusters (a short stream).
-fn short_input(dir: &Path, clusters: usize) -> (PathBuf, Vec<u8>, Vec<Vec<u8>>) {
+fn short_input(dir: &Path, clusters: usize) -> (PathBuf, Vec<Vec<u8>>) {
     let data = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/test.webm"))
         .unwrap();
     let mut s = Splitter::new();
@@ -39,56 +41,109 @@ fn short_input(dir: &Path, clusters: usize) -> (PathBuf, Vec<u8>, Vec<Vec<u8>>) 
     }
     let path = dir.join("short.webm");
     std::fs::write(&path, &file).unwrap();
-    (path, init.clone(), clusters)
+    (path, clusters)
 }
 
-/// Waits until the supervisor lists `stream` (asking as pool key 23).
-async fn wait_listed(sup: &TestSupervisor, stream: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut client = sup
-        .connect(23, miostream_protocol::ComponentType::Receiver)
-        .await
-        .unwrap();
-    while !client
-        .list_streams()
-        .await
-        .unwrap()
+/// An EBML variable-length integer: (value, length).
+fn vint(b: &[u8]) -> (u64, usize) {
+    let len = b[0].leading_zeros() as usize + 1;
+    let v = b[1..len]
         .iter()
-        .any(|s| s.name == stream)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{stream} never announced"
-        );
-        tokio::task::yield_now().await;
-    }
-    client.close().await;
+        .fold(u64::from(b[0]) & (0xFF >> len), |a, x| {
+            (a << 8) | u64::from(*x)
+        });
+    (v, len)
 }
 
-/// Checks that `output` is the init segment followed by clusters k.. for some k.
-fn assert_stream_from_join_point(
-    output: &[u8],
-    init: &[u8],
-    clusters: &[Vec<u8>],
-    who: &str,
-) -> usize {
+/// A Cluster's Timestamp and its other children's bytes (its frames).
+fn frames(cluster: &[u8]) -> (u64, Vec<u8>) {
+    let (size, sl) = vint(&cluster[4..]);
+    let mut body = &cluster[4 + sl..4 + sl + size as usize];
+    let (mut ts, mut rest) = (0, Vec::new());
+    while !body.is_empty() {
+        let il = body[0].leading_zeros() as usize + 1;
+        let (size, sl) = vint(&body[il..]);
+        let end = il + sl + size as usize;
+        if body[..il] == [0xE7] {
+            ts = body[il + sl..end]
+                .iter()
+                .fold(0, |a, x| (a << 8) | u64::from(*x));
+        } else {
+            rest.extend_from_slice(&body[..end]);
+        }
+        body = &body[end..];
+    }
+    (ts, rest)
+}
+
+/// Checks that the recording `output` holds the broadcast's clusters k..
+/// for some k, frame for frame, its time line starting at 0; returns k.
+fn assert_stream_from_join_point(output: &[u8], clusters: &[Vec<u8>], who: &str) -> usize {
+    let mut s = Splitter::new();
+    let mut segments = s.push(output).unwrap();
+    segments.extend(s.finish().unwrap());
     assert!(
-        output.starts_with(init),
-        "{who}: output does not start with the init segment"
+        matches!(segments.first(), Some(Segment::Init(_))),
+        "{who}: output does not start with an init segment"
     );
-    let rest = &output[init.len()..];
-    let k = (0..clusters.len())
+    let got: Vec<(u64, Vec<u8>)> = segments[1..]
+        .iter()
+        .map(|s| match s {
+            Segment::Cluster(c) => frames(&c.bytes),
+            Segment::Init(_) => panic!("{who}: a second init segment"),
+        })
+        .collect();
+    let sent: Vec<(u64, Vec<u8>)> = clusters.iter().map(|c| frames(c)).collect();
+    (0..sent.len())
         .find(|&k| {
-            let expected: Vec<u8> = clusters[k..].concat();
-            rest == expected.as_slice()
+            sent.len() - k == got.len()
+                && got
+                    .iter()
+                    .zip(&sent[k..])
+                    .all(|(g, s)| g.1 == s.1 && g.0 == s.0 - sent[k].0)
         })
         .unwrap_or_else(|| {
             panic!(
-                "{who}: output is not the stream from any cluster on ({} bytes)",
-                rest.len()
+                "{who}: output is not the stream from any cluster on ({} clusters)",
+                got.len()
             )
-        });
-    k
+        })
+}
+
+/// ffprobe reports the recording's duration (within 0.5 s of the media in
+/// it), and ffmpeg seeks to its middle and decodes a frame there.
+fn assert_seekable(path: &Path, clusters: &[Vec<u8>], k: usize) {
+    if !miostream_test_support::tool_available("ffprobe") {
+        return;
+    }
+    let media_s = {
+        let data = std::fs::read(path).unwrap();
+        let mut s = Splitter::new();
+        let mut segs = s.push(&data).unwrap();
+        segs.extend(s.finish().unwrap());
+        match segs.last() {
+            Some(Segment::Cluster(c)) => c.last_block_ms as f64 / 1000.0,
+            _ => panic!("no cluster in {}", path.display()),
+        }
+    };
+    let probed = miostream_test_support::ffprobe_duration(path);
+    assert!(
+        (probed - media_s).abs() < 0.5,
+        "ffprobe says {probed} s, the recording holds {media_s} s (clusters {k}..{})",
+        clusters.len()
+    );
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-ss", &format!("{:.3}", media_s / 2.0), "-i"])
+        .arg(path)
+        .args(["-frames:v", "1", "-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "ffmpeg -ss into the middle of {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,7 +153,7 @@ async fn receivers_play_exactly_the_broadcast_stream_in_each_topology() {
         .with_test_writer()
         .try_init();
     let tmp = tempfile::tempdir().unwrap();
-    let (input, init, clusters) = short_input(tmp.path(), 6);
+    let (input, clusters) = short_input(tmp.path(), 6);
     let receivers = 10;
     let ids: Vec<usize> = (1..=receivers).collect();
     for topology in [TopologyKind::List, TopologyKind::Tree, TopologyKind::Mesh] {
@@ -119,12 +174,14 @@ async fn receivers_play_exactly_the_broadcast_stream_in_each_topology() {
             },
             bind: Some(local),
             ice_servers: vec![],
+            title: String::new(),
+            encoder: Default::default(),
         };
         let broadcaster = tokio::spawn(miostream_broadcaster::run(
             broadcast,
             std::future::pending(),
         ));
-        wait_listed(&sup, "e2e").await;
+        sup.wait_listed(23, "e2e", Duration::from_secs(10)).await;
         let mut handles = Vec::new();
         for &i in &ids {
             let out = tmp.path().join(format!("{topology}-{i}.webm"));
@@ -158,11 +215,11 @@ async fn receivers_play_exactly_the_broadcast_stream_in_each_topology() {
             let output = std::fs::read(&out).unwrap();
             let k = assert_stream_from_join_point(
                 &output,
-                &init,
                 &clusters,
                 &format!("{topology} {}", out.display()),
             );
             assert!(k < clusters.len() - 1, "joined too late (cluster {k})");
+            assert_seekable(&out, &clusters, k);
         }
         sup.stop().await;
     }
@@ -179,7 +236,7 @@ async fn a_receiver_on_another_lan_host_plays_the_stream_over_webrtc() {
         Err(e) => panic!("CI must be able to create network namespaces: {e}"),
     };
     let tmp = tempfile::tempdir().unwrap();
-    let (input, init, clusters) = short_input(tmp.path(), 8);
+    let (input, clusters) = short_input(tmp.path(), 8);
     let gateway = IpAddr::V4(host.gateway);
     let sup = TestSupervisor::start_on(gateway, &[0], &[1, 23], |_| {}).await;
     // The receiver's identity and trust bundle, on disk for the binary.
@@ -222,12 +279,14 @@ async fn a_receiver_on_another_lan_host_plays_the_stream_over_webrtc() {
         },
         bind: None, // the address that routes to the supervisor: the veth
         ice_servers: vec![],
+        title: String::new(),
+        encoder: Default::default(),
     };
     let broadcaster = tokio::spawn(miostream_broadcaster::run(
         broadcast,
         std::future::pending(),
     ));
-    wait_listed(&sup, "lan").await;
+    sup.wait_listed(23, "lan", Duration::from_secs(10)).await;
     let child = cmd.spawn().unwrap();
     broadcaster.await.unwrap().unwrap();
     let done = tokio::task::spawn_blocking(move || child.wait_with_output())
@@ -243,6 +302,7 @@ async fn a_receiver_on_another_lan_host_plays_the_stream_over_webrtc() {
     assert!(s["chunks_received"].as_u64().unwrap() > 0, "{s}");
     assert_eq!(s["chunks_rejected"].as_u64(), Some(0));
     let output = std::fs::read(&out).unwrap();
-    assert_stream_from_join_point(&output, &init, &clusters, "LAN receiver");
+    let k = assert_stream_from_join_point(&output, &clusters, "LAN receiver");
+    assert_seekable(&out, &clusters, k);
     sup.stop().await;
 }

@@ -167,6 +167,8 @@ async fn enroll_then_list_and_watch_without_connection_flags() {
         },
         bind: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         ice_servers: vec![],
+        title: String::new(),
+        encoder: Default::default(),
     };
     let broadcast = tokio::spawn(miostream_broadcaster::run(config, async move {
         let _ = stopped.await;

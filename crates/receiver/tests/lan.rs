@@ -89,6 +89,7 @@ async fn a_receiver_on_another_host_lists_streams_over_tls() {
         media_type: "video/webm".into(),
         signing_key: None,
         resume: None,
+        title: String::new(),
     })
     .await
     .unwrap();

@@ -189,6 +189,8 @@ impl Scenario {
             },
             bind: Some(local),
             ice_servers: vec![],
+            title: String::new(),
+            encoder: Default::default(),
         };
         let broadcaster = (
             stop,

@@ -2,7 +2,8 @@
 //! broadcaster: it prints the player page and stream URLs, waits for the
 //! stream to be announced, serves it (init segment, then a keyframe
 //! cluster), ends its players' responses when the broadcaster stops, serves
-//! the restarted broadcast, and exits 0 on SIGTERM.
+//! the restarted broadcast — seconds of which, fetched from the printed URL,
+//! ffmpeg decodes cleanly — and exits 0 on SIGTERM.
 
 #![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
 
@@ -44,6 +45,8 @@ fn broadcast(sup: &TestSupervisor) -> Broadcast {
         },
         bind: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         ice_servers: vec![],
+        title: String::new(),
+        encoder: Default::default(),
     };
     (
         stop,
@@ -77,10 +80,11 @@ async fn get(addr: SocketAddr, path: &str) -> BufReader<TcpStream> {
 }
 
 /// Reads until the init segment and `clusters` clusters arrived; returns
-/// them (every byte parses).
-async fn clusters(body: &mut BufReader<TcpStream>, clusters: usize) -> Vec<Segment> {
+/// them (every byte parses) and the bytes read.
+async fn clusters(body: &mut BufReader<TcpStream>, clusters: usize) -> (Vec<Segment>, Vec<u8>) {
     let mut splitter = Splitter::new();
     let mut segments = Vec::new();
+    let mut raw = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     while segments.len() < clusters + 1 {
         let n = tokio::time::timeout(DEADLINE, body.read(&mut buf))
@@ -88,6 +92,7 @@ async fn clusters(body: &mut BufReader<TcpStream>, clusters: usize) -> Vec<Segme
             .expect("the stream goes on")
             .unwrap();
         assert!(n > 0, "the stream ended after {} segments", segments.len());
+        raw.extend_from_slice(&buf[..n]);
         segments.extend(splitter.push(&buf[..n]).expect("the stream parses"));
     }
     assert!(matches!(segments[0], Segment::Init(_)), "init first");
@@ -95,7 +100,38 @@ async fn clusters(body: &mut BufReader<TcpStream>, clusters: usize) -> Vec<Segme
         panic!("two init segments")
     };
     assert!(first.keyframe, "the first cluster starts with a keyframe");
-    segments
+    (segments, raw)
+}
+
+/// Decodes WebM bytes with ffmpeg (a player's view of the URL); returns
+/// its error output (empty: clean) and the video frames it decoded.
+fn decode(webm: &[u8]) -> (String, u64) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("ffmpeg")
+        .args([
+            "-v", "error", "-i", "pipe:0", "-map", "0:v", "-f", "framemd5", "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = webm.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    let frames = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .count() as u64;
+    let mut err = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        err.push_str(&format!(" (ffmpeg: {})", out.status));
+    }
+    (err, frames)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,7 +180,7 @@ async fn watch_waits_for_the_stream_serves_it_and_follows_a_restarted_broadcast(
     // A player connects before the stream exists: it waits, as does watch.
     let first = tokio::spawn(async move {
         let mut body = get(addr, "/stream.webm").await;
-        let segments = clusters(&mut body, 3).await;
+        let (segments, _) = clusters(&mut body, 3).await;
         (body, segments)
     });
     let b1 = broadcast(&sup);
@@ -167,9 +203,28 @@ async fn watch_waits_for_the_stream_serves_it_and_follows_a_restarted_broadcast(
         .unwrap();
     // ... and watch waits for it to come back, then serves the new one.
     let b2 = broadcast(&sup);
-    let mut body = get(addr, "/stream.webm").await;
-    clusters(&mut body, 2).await;
+    // A player on the printed stream URL: a few seconds of it decode.
+    let path = stream
+        .strip_prefix(&format!("http://{addr}"))
+        .unwrap()
+        .to_owned();
+    let mut body = get(addr, &path).await;
+    let (segments, raw) = clusters(&mut body, 3).await;
     drop(body);
+    let media_ms: u64 = segments[1..]
+        .iter()
+        .map(|s| match s {
+            Segment::Cluster(c) => c.span_ms(),
+            Segment::Init(_) => 0,
+        })
+        .sum();
+    assert!(media_ms >= 2000, "{media_ms} ms of media");
+    if miostream_test_support::tool_available("ffmpeg") {
+        let (errors, frames) = decode(&raw);
+        assert!(errors.is_empty(), "the served stream decodes: {errors}");
+        // 25 fps: at least one frame per 40 ms of the clusters' spans.
+        assert!(frames * 40 >= media_ms, "{frames} frames for {media_ms} ms");
+    }
     assert!(
         watch.try_wait().unwrap().is_none(),
         "watch is still running"

@@ -413,6 +413,7 @@ impl World<'_> {
             integrity: IntegrityMode::Hmac,
             media_type: "video/webm".into(),
             signing_key: None,
+            title: String::new(),
         });
         let core = NodeCore::new(NodeCoreConfig {
             me: id,

@@ -144,6 +144,7 @@ struct NewStream {
     media_type: String,
     signing_key: Option<String>,
     resume: Option<ResumeStream>,
+    title: String,
 }
 
 /// Bad-chunk reports against a relay count within this window.
@@ -219,6 +220,7 @@ impl Manager {
     fn info(&self, s: &Stream) -> StreamInfo {
         StreamInfo {
             receivers: s.topology.len() as u32,
+            bitrate_bps: u64::from(s.bitrate_kbps) * 1000,
             ..s.info.clone()
         }
     }
@@ -274,6 +276,7 @@ impl Manager {
                 media_type,
                 signing_key,
                 resume,
+                title,
             } => {
                 if role != ComponentType::Broadcaster {
                     return reply(error(
@@ -294,6 +297,7 @@ impl Manager {
                     media_type,
                     signing_key,
                     resume,
+                    title,
                 };
                 self.announce(from, stream, rng)
             }
@@ -385,6 +389,7 @@ impl Manager {
             media_type,
             signing_key,
             resume,
+            title,
         } = stream;
         let reply = |m| vec![Output::Send(from, m)];
         if name.is_empty()
@@ -395,6 +400,9 @@ impl Manager {
                 ErrorCode::Malformed,
                 format!("stream name must be 1..={MAX_STREAM_NAME_LEN} printable characters"),
             ));
+        }
+        if let Err(e) = miostream_protocol::signal::check_title(&title) {
+            return reply(error(ErrorCode::Malformed, e));
         }
         if media_type.len() > 256 {
             return reply(error(ErrorCode::Malformed, "media type too long"));
@@ -470,6 +478,8 @@ impl Manager {
             integrity,
             media_type,
             receivers: 0,
+            title,
+            bitrate_bps: 0,
         };
         self.streams.insert(
             id,
@@ -538,6 +548,7 @@ impl Manager {
             SupervisorMessage::StreamJoined {
                 stream: StreamInfo {
                     receivers: stream.topology.len() as u32,
+                    bitrate_bps: u64::from(stream.bitrate_kbps) * 1000,
                     ..stream.info.clone()
                 },
                 stream_key: B64.encode(stream.key),
@@ -875,6 +886,8 @@ impl Manager {
             .map(|s| StreamView {
                 id: s.info.id.to_string(),
                 name: s.info.name.clone(),
+                title: s.info.title.clone(),
+                bitrate_bps: u64::from(s.bitrate_kbps) * 1000,
                 topology: s.info.topology,
                 integrity: s.info.integrity,
                 broadcaster: s.broadcaster,

@@ -123,6 +123,7 @@ async fn an_invite_enrolls_a_key_that_then_authenticates_with_its_label() {
         media_type: "video/webm".into(),
         signing_key: None,
         resume: None,
+        title: String::new(),
     })
     .await
     .unwrap();

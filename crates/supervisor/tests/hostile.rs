@@ -236,7 +236,7 @@ async fn keys_below_the_minimum_are_refused_with_the_reason() {
     let path = sup.dir.path().join("big.pub");
     std::fs::write(&path, big.public().to_pem()).unwrap();
     sup.state()
-        .authorize(&path, ComponentType::Receiver)
+        .authorize(&path, ComponentType::Receiver, None)
         .unwrap();
     let identity = Identity::from_key(big);
     let deadline = Instant::now() + WAIT;

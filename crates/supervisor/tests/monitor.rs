@@ -117,6 +117,7 @@ async fn operators_see_the_overlay_and_qos_and_inject_failures() {
         media_type: "video/webm".into(),
         signing_key: None,
         resume: None,
+        title: String::new(),
     })
     .await
     .unwrap();

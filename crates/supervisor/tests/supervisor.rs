@@ -546,6 +546,7 @@ async fn sessions_reconnect_and_resume_their_stream_when_the_supervisor_restarts
         media_type: "video/webm".into(),
         signing_key: None,
         resume,
+        title: String::new(),
     };
     session.outbound.send(announce(None)).await.unwrap();
     let SessionEvent::Message(SupervisorMessage::StreamAnnounced { stream, stream_key }) =

@@ -54,6 +54,46 @@ pub fn browser_available() -> bool {
     }
 }
 
+/// Whether `program` (ffmpeg, ffprobe) runs (`program -version`). Under CI
+/// (`CI` set) a missing tool fails the test; elsewhere the test is skipped
+/// with a line saying why.
+pub fn tool_available(program: &str) -> bool {
+    let ok = Command::new(program)
+        .arg("-version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        if std::env::var_os("CI").is_some() {
+            panic!("CI must run this test: {program} is not installed (apt-get install ffmpeg)");
+        }
+        eprintln!("skipping: {program} is not installed (apt-get install ffmpeg)");
+    }
+    ok
+}
+
+/// What `ffprobe -show_format` gives as the duration of `path` (seconds);
+/// fails the test when it gives none.
+pub fn ffprobe_duration(path: &Path) -> f64 {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("ffprobe gives no duration for {}: {text:?}", path.display()))
+}
+
 /// A network namespace reachable from the test's namespace over a veth pair.
 #[derive(Debug)]
 pub struct LanHost {

@@ -138,6 +138,32 @@ impl TestSupervisor {
         .await
     }
 
+    /// Waits until the supervisor lists `stream` (asking as pool key `key`,
+    /// which must be authorized as a receiver) and returns its entry; fails
+    /// the test after `deadline`.
+    pub async fn wait_listed(
+        &self,
+        key: usize,
+        stream: &str,
+        deadline: Duration,
+    ) -> miostream_protocol::signal::StreamInfo {
+        let until = tokio::time::Instant::now() + deadline;
+        let mut client = self.connect(key, ComponentType::Receiver).await.unwrap();
+        loop {
+            let listed = client.list_streams().await.unwrap();
+            if let Some(s) = listed.into_iter().find(|s| s.name == stream) {
+                client.close().await;
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "{stream} was not announced within {deadline:?}"
+            );
+            // Not a busy loop: a round trip to the supervisor per check.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Stops the server and starts a new one on the same directory and port
     /// (what systemd's `Restart=on-failure` does).
     pub async fn restart(&mut self) {
@@ -203,6 +229,7 @@ pub async fn announce(b: &mut SupervisorClient, name: &str, topology: TopologyKi
         media_type: "video/webm".into(),
         signing_key: None,
         resume: None,
+        title: String::new(),
     })
     .await
     .unwrap();

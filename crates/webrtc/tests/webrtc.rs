@@ -176,6 +176,7 @@ async fn stream_through(
             integrity: IntegrityMode::Hmac,
             media_type: "video/webm".into(),
             signing_key: None,
+            title: String::new(),
         }),
     );
     let NodeEvent::Announced(keys) = next(&mut b).await else {
@@ -305,6 +306,7 @@ async fn a_forging_relay_over_webrtc_is_rejected_and_cut_out() {
             integrity: IntegrityMode::Sign,
             media_type: "video/webm".into(),
             signing_key: Some(signing_key),
+            title: String::new(),
         }),
         checked(),
         false,

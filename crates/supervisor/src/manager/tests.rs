@@ -54,6 +54,7 @@ impl Fixture {
                 media_type: "video/webm".into(),
                 signing_key: None,
                 resume: None,
+                title: String::new(),
             },
         );
         assert!(
@@ -92,6 +93,7 @@ fn roles_are_enforced() {
             media_type: "video/webm".into(),
             signing_key: None,
             resume: None,
+            title: String::new(),
         },
     );
     assert_eq!(error_code(&out), Some(ErrorCode::Forbidden));
@@ -115,6 +117,7 @@ fn sign_mode_needs_a_signing_key_and_names_are_unique() {
         media_type: "video/webm".into(),
         signing_key: key.map(str::to_owned),
         resume: None,
+        title: String::new(),
     };
     assert_eq!(
         error_code(&f.send(b, announce("a", None))),
@@ -498,6 +501,7 @@ fn a_broadcaster_resumes_its_stream_identity_after_a_restart() {
         media_type: "video/webm".into(),
         signing_key: None,
         resume,
+        title: String::new(),
     };
     let out = f.send(
         b,
@@ -680,6 +684,7 @@ fn the_injector_fires_one_victim_per_stream() {
                 media_type: "video/webm".into(),
                 signing_key: None,
                 resume: None,
+                title: String::new(),
             },
         );
         for i in 0..3 {
@@ -903,4 +908,50 @@ fn a_relay_reported_lagging_by_two_of_its_children_becomes_a_leaf() {
     assert!(l.children.is_empty() && l.backup_children.is_empty());
     // The broadcaster is never demoted.
     assert!(f.send(rs[1], lag(b)).is_empty());
+}
+
+#[test]
+fn streams_are_listed_with_their_title_viewers_and_bitrate() {
+    let mut f = Fixture::new();
+    let b = f.peer(ComponentType::Broadcaster, 0);
+    let announce = |title: &str| PeerMessage::AnnounceStream {
+        name: "s".into(),
+        topology: TopologyKind::Tree,
+        integrity: IntegrityMode::Hmac,
+        media_type: "video/webm".into(),
+        signing_key: None,
+        resume: None,
+        title: title.into(),
+    };
+    // Too long or on two lines: refused, with the reason.
+    let out = f.send(b, announce(&"x".repeat(201)));
+    assert_eq!(error_code(&out), Some(ErrorCode::Malformed));
+    assert!(
+        matches!(&out[..], [Output::Send(_, SupervisorMessage::Error { message, .. })] if message.contains("at most 200")),
+        "{out:?}"
+    );
+    assert_eq!(
+        error_code(&f.send(b, announce("a\nb"))),
+        Some(ErrorCode::Malformed)
+    );
+    assert!(f.m.streams().is_empty());
+    assert_eq!(error_code(&f.send(b, announce("Friday talk"))), None);
+    let listed = &f.m.streams()[0];
+    assert_eq!(
+        (listed.title.as_str(), listed.receivers, listed.bitrate_bps),
+        ("Friday talk", 0, 0)
+    );
+    // Viewers join; their goodput reports give the bitrate.
+    let r1 = f.peer(ComponentType::Receiver, 1);
+    let r2 = f.peer(ComponentType::Receiver, 2);
+    f.join(r1);
+    f.join(r2);
+    f.send(r1, qos_report(0));
+    let listed = &f.m.streams()[0];
+    assert_eq!((listed.receivers, listed.bitrate_bps), (2, 1_200_000));
+    let view = &f.m.monitor_view()[0];
+    assert_eq!(
+        (view.title.as_str(), view.bitrate_bps),
+        ("Friday talk", 1_200_000)
+    );
 }

@@ -66,6 +66,13 @@ pub struct StreamView {
     pub id: String,
     /// Name.
     pub name: String,
+    /// The broadcaster's title (empty: none).
+    #[serde(default)]
+    pub title: String,
+    /// Media bitrate, smoothed over the receivers' goodput (bit/s; 0: no
+    /// report yet).
+    #[serde(default)]
+    pub bitrate_bps: u64,
     /// Overlay kind.
     pub topology: TopologyKind,
     /// Integrity mode.
