@@ -159,6 +159,10 @@ pub struct Manager {
     streams: HashMap<StreamId, Stream>,
     by_name: HashMap<String, StreamId>,
     probe_slots: ProbeSlots,
+    /// Bad-chunk reports taken into account, and peers cut out for
+    /// misbehaving, since start (for `/metrics`).
+    bad_chunk_reports: u64,
+    ejections: u64,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> SupervisorMessage {
@@ -178,7 +182,28 @@ impl Manager {
             streams: HashMap::new(),
             by_name: HashMap::new(),
             probe_slots: ProbeSlots::default(),
+            bad_chunk_reports: 0,
+            ejections: 0,
         }
+    }
+
+    /// Connected peers by role.
+    pub fn peers_by_role(&self) -> Vec<(ComponentType, u64)> {
+        let mut out: Vec<(ComponentType, u64)> = Vec::new();
+        for p in self.peers.values() {
+            match out.iter_mut().find(|(r, _)| *r == p.role) {
+                Some((_, n)) => *n += 1,
+                None => out.push((p.role, 1)),
+            }
+        }
+        out
+    }
+
+    /// Bad-chunk reports taken into account (one per reporter and accused
+    /// within [`REPORT_WINDOW`]) and peers cut out for misbehaving, since
+    /// start.
+    pub fn integrity_counts(&self) -> (u64, u64) {
+        (self.bad_chunk_reports, self.ejections)
     }
 
     /// The instant of the next timer, if any (a probe slot's hold).
@@ -323,6 +348,9 @@ impl Manager {
                 chunks_rejected,
                 latency_ms_p50,
                 parent_changes,
+                latency_ms_p99,
+                bytes_received,
+                bytes_from_broadcaster,
             } => {
                 if let Some(s) = joined.and_then(|id| self.streams.get_mut(&id)) {
                     // The stream's bitrate, smoothed over every receiver's
@@ -347,6 +375,9 @@ impl Manager {
                             chunks_rejected,
                             latency_ms_p50,
                             parent_changes,
+                            latency_ms_p99,
+                            bytes_received,
+                            bytes_from_broadcaster,
                         });
                     }
                 }
@@ -654,6 +685,7 @@ impl Manager {
             return Vec::new(); // once per reporter and accused
         }
         tracing::warn!(reporter = %from, %upstream, seq, reason, feeds_reporter, "bad chunk reported");
+        self.bad_chunk_reports += 1;
         if feeds_reporter {
             reports.push((key, now));
         }
@@ -666,6 +698,7 @@ impl Manager {
                     a.retain(|(p, _)| *p != upstream);
                 }
             }
+            self.ejections += 1;
             return self.cut_off(
                 upstream,
                 ErrorCode::Misbehaving,
@@ -685,6 +718,7 @@ impl Manager {
         }
         accused.push((upstream, now));
         if accused.len() >= MAX_LONE_ACCUSATIONS {
+            self.ejections += 1;
             return self.cut_off(
                 from,
                 ErrorCode::Misbehaving,
@@ -851,6 +885,7 @@ impl Manager {
                             backup_children: l.backup_children,
                             neighbours: l.neighbours,
                             qos: self.qos(peer).cloned(),
+                            address: None,
                         })
                     })
                     .collect(),

@@ -1,7 +1,7 @@
 //! Helpers that let end-to-end tests read as scenarios. Test-only.
 //!
 //! [`supervisor::TestSupervisor`] runs a real supervisor on loopback (and
-//! its monitor; [`https`] talks to it).
+//! its monitor; [`https`] talks to it; [`metrics`] reads its `/metrics`).
 //!
 //! [`LanHost`] gives a test its own "LAN machine": a network namespace joined
 //! to the test's namespace by a veth pair on a private /30 from the
@@ -13,6 +13,7 @@
 #![allow(clippy::unwrap_used)] // test support: a failed set-up step fails the test
 
 pub mod https;
+pub mod metrics;
 pub mod supervisor;
 
 use std::net::Ipv4Addr;
