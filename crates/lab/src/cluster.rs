@@ -748,6 +748,21 @@ pub fn tail(path: &Path) -> String {
     }
 }
 
+/// Turns `[monitor] lab_controls` on in the config `init` wrote: a lab
+/// injects failures and attacks, which a supervisor refuses by default.
+fn enable_lab_controls(config: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(config)
+        .with_context(|| format!("cannot read {}", config.display()))?;
+    let on = text.replacen("lab_controls = false", "lab_controls = true", 1);
+    if on == text {
+        bail!(
+            "{} has no \"lab_controls = false\" line to turn on",
+            config.display()
+        );
+    }
+    std::fs::write(config, on).with_context(|| format!("cannot write {}", config.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -770,19 +785,4 @@ mod tests {
             assert_eq!(cut_out_reason(other), None, "{other:?}");
         }
     }
-}
-
-/// Turns `[monitor] lab_controls` on in the config `init` wrote: a lab
-/// injects failures and attacks, which a supervisor refuses by default.
-fn enable_lab_controls(config: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(config)
-        .with_context(|| format!("cannot read {}", config.display()))?;
-    let on = text.replacen("lab_controls = false", "lab_controls = true", 1);
-    if on == text {
-        bail!(
-            "{} has no \"lab_controls = false\" line to turn on",
-            config.display()
-        );
-    }
-    std::fs::write(config, on).with_context(|| format!("cannot write {}", config.display()))
 }
