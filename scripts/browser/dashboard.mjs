@@ -76,10 +76,23 @@ try {
       const edges = svg ? svg.querySelectorAll("line.edge.primary, line.edge.mesh").length : 0;
       const backups = svg ? svg.querySelectorAll("line.edge.backup").length : 0;
       const root = svg ? svg.querySelectorAll("g.node.broadcaster").length : 0;
-      return { stream: stream.name, api: stream.nodes.map((n) => n.peer).sort(), dom: dom.sort(), rows, edges, backups, root };
+      const section = [...document.querySelectorAll("section.stream")].find((s) => s.dataset.stream === stream.name);
+      const totals = section?.querySelector(".totals")?.dataset ?? {};
+      const addresses = [...document.querySelectorAll("table.qos td.address")].map((td) => td.textContent);
+      const controls = !document.getElementById("inject").hidden;
+      return {
+        stream: stream.name, api: stream.nodes.map((n) => n.peer).sort(), dom: dom.sort(), rows, edges, backups, root,
+        viewers: Number(totals.viewers ?? -1), apiAddresses: stream.nodes.map((n) => n.address ?? "–"), addresses,
+        controls, labControls: state.lab_controls, goodputBps: Number(totals.goodputBps ?? 0), offload: totals.offload ?? "",
+      };
     });
     const same = seen.api.length >= expected && JSON.stringify(seen.api) === JSON.stringify(seen.dom);
-    if (same && seen.rows === seen.api.length && seen.edges >= seen.api.length && seen.root === 1) break;
+    // Per-stream totals, every receiver's address, and the failure controls
+    // exactly when lab_controls is on.
+    const shown = seen.viewers === seen.api.length
+      && JSON.stringify(seen.addresses.slice().sort()) === JSON.stringify(seen.apiAddresses.slice().sort())
+      && seen.controls === seen.labControls;
+    if (same && shown && seen.rows === seen.api.length && seen.edges >= seen.api.length && seen.root === 1) break;
     if (Date.now() > deadline) {
       throw new Error(`the graph never showed the stream's ${expected} receivers: ${JSON.stringify(seen)}`);
     }
@@ -93,7 +106,10 @@ try {
   );
   await page.screenshot({ path: screenshot, fullPage: true });
   if (errors.length > 0) throw new Error(errors.join("\n"));
-  console.log(JSON.stringify({ stream: seen.stream, peers: seen.dom, edges: seen.edges, backups: seen.backups }));
+  console.log(JSON.stringify({
+    stream: seen.stream, peers: seen.dom, edges: seen.edges, backups: seen.backups,
+    viewers: seen.viewers, addresses: seen.addresses, controls: seen.controls, goodput_bps: seen.goodputBps, offload: seen.offload,
+  }));
 } catch (e) {
   failed = true;
   console.error(`dashboard check failed: ${e.message}`);

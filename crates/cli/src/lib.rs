@@ -8,6 +8,11 @@
 //! - [`notify`] and [`watchdog_interval`]: systemd's service protocol
 //!   (`Type=notify`): `READY=1` once serving, `WATCHDOG=1` while healthy,
 //!   `STOPPING=1` on the way out, sent as datagrams to `$NOTIFY_SOCKET`.
+//! - [`http`]: the bounded HTTP/1.1 server (hyper) of the daemons' small
+//!   endpoints; [`metrics`]: `/metrics` in the Prometheus text format.
+
+pub mod http;
+pub mod metrics;
 
 use std::fmt;
 use std::io::{self, IsTerminal as _};

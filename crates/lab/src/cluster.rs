@@ -223,6 +223,7 @@ impl Cluster {
         let mut c = bins.command("miostream-supervisor", &None);
         c.args(["init", "--listen", &listen, "--dir"]).arg(&sup);
         step(c, "supervisor init").await?;
+        enable_lab_controls(&sup.join("config.toml"))?;
         let mut authorize = vec![(keys.join("b"), "broadcaster")];
         authorize.extend((0..settings.receivers).map(|i| (keys.join(format!("r{i}")), "receiver")));
         for (id, role) in &authorize {
@@ -745,6 +746,21 @@ pub fn tail(path: &Path) -> String {
     } else {
         t
     }
+}
+
+/// Turns `[monitor] lab_controls` on in the config `init` wrote: a lab
+/// injects failures and attacks, which a supervisor refuses by default.
+fn enable_lab_controls(config: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(config)
+        .with_context(|| format!("cannot read {}", config.display()))?;
+    let on = text.replacen("lab_controls = false", "lab_controls = true", 1);
+    if on == text {
+        bail!(
+            "{} has no \"lab_controls = false\" line to turn on",
+            config.display()
+        );
+    }
+    std::fs::write(config, on).with_context(|| format!("cannot write {}", config.display()))
 }
 
 #[cfg(test)]

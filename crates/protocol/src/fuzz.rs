@@ -493,6 +493,9 @@ pub fn seed_signals() -> Vec<(String, Vec<u8>)> {
             chunks_rejected: 0,
             latency_ms_p50: 3.5,
             parent_changes: 0,
+            latency_ms_p99: 9.25,
+            bytes_received: 1_500_000,
+            bytes_from_broadcaster: 500_000,
         },
         PeerMessage::CapacityProbeRequest {},
         PeerMessage::CapacityProbe {

@@ -523,6 +523,17 @@ pub enum PeerMessage {
         latency_ms_p50: f64,
         /// Upstream changes after the first.
         parent_changes: u64,
+        /// Broadcaster → this receiver, 99th percentile (ms), as
+        /// `latency_ms_p50` (0 from receivers that predate it).
+        #[serde(default, deserialize_with = "millis")]
+        latency_ms_p99: f64,
+        /// Media bytes received (new chunks; 0 from older receivers).
+        #[serde(default)]
+        bytes_received: u64,
+        /// Of those, the bytes that came straight from the broadcaster: the
+        /// rest is the overlay's offload.
+        #[serde(default)]
+        bytes_from_broadcaster: u64,
     },
 }
 
@@ -700,6 +711,9 @@ mod tests {
             chunks_rejected: 0,
             latency_ms_p50: latency,
             parent_changes: 2,
+            latency_ms_p99: 40.25,
+            bytes_received: 5000,
+            bytes_from_broadcaster: 1000,
         }
     }
 
@@ -708,9 +722,24 @@ mod tests {
         let m = qos(20.5);
         assert_eq!(
             m.to_json(),
-            r#"{"type":"QOS_REPORT","stalls":1,"stall_ms":250,"buffer_ms":1800,"goodput_bps":1200000,"chunks_received":10,"chunks_rejected":0,"latency_ms_p50":20.5,"parent_changes":2}"#
+            r#"{"type":"QOS_REPORT","stalls":1,"stall_ms":250,"buffer_ms":1800,"goodput_bps":1200000,"chunks_received":10,"chunks_rejected":0,"latency_ms_p50":20.5,"parent_changes":2,"latency_ms_p99":40.25,"bytes_received":5000,"bytes_from_broadcaster":1000}"#
         );
         assert_eq!(PeerMessage::from_json(&m.to_json()).unwrap(), m);
+        // A report from a receiver that predates the byte counts and p99.
+        let old = r#"{"type":"QOS_REPORT","stalls":1,"stall_ms":250,"buffer_ms":1800,"goodput_bps":1200000,"chunks_received":10,"chunks_rejected":0,"latency_ms_p50":20.5,"parent_changes":2}"#;
+        let PeerMessage::QosReport {
+            latency_ms_p99,
+            bytes_received,
+            bytes_from_broadcaster,
+            ..
+        } = PeerMessage::from_json(old).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (latency_ms_p99, bytes_received, bytes_from_broadcaster),
+            (0.0, 0, 0)
+        );
         assert_eq!(m.name(), "QOS_REPORT");
         let i = SupervisorMessage::InjectFailure {};
         assert_eq!(i.to_json(), r#"{"type":"INJECT_FAILURE"}"#);

@@ -192,7 +192,7 @@ fn peer_message() -> impl Strategy<Value = PeerMessage> {
                 }
             }),
         (
-            proptest::array::uniform7(any::<u64>()),
+            proptest::array::uniform9(any::<u64>()),
             0..=1_000_000_000_000u64
         )
             .prop_map(|(n, latency_us)| PeerMessage::QosReport {
@@ -205,6 +205,9 @@ fn peer_message() -> impl Strategy<Value = PeerMessage> {
                 // What a report keeps: microseconds.
                 latency_ms_p50: latency_us as f64 / 1000.0,
                 parent_changes: n[6],
+                latency_ms_p99: ((latency_us * 2) % 1_000_000_000_001) as f64 / 1000.0,
+                bytes_received: n[7],
+                bytes_from_broadcaster: n[8],
             }),
         (text(), any::<bool>())
             .prop_map(|(padding, last)| PeerMessage::CapacityProbe { padding, last }),

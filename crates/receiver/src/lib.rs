@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
+use miostream_cli::metrics::Scrape;
 use miostream_media::{PlaybackModel, PlaybackStats, Reassembled, Reassembler, ReassemblyConfig};
 use miostream_media_io::{LiveServer, ServeConfig, StreamWriter};
 use miostream_peer::{
@@ -50,6 +51,9 @@ pub struct ReceiveConfig {
     pub out: Output,
     /// Serve the live stream to players over HTTP here.
     pub serve: Option<SocketAddr>,
+    /// Serve `/metrics` (Prometheus text), `/healthz` and `/readyz` over
+    /// plain HTTP here.
+    pub metrics: Option<SocketAddr>,
     /// Stop after this long.
     pub duration: Option<Duration>,
     /// Fraction of chunks verified (1.0 = all).
@@ -116,6 +120,9 @@ pub struct Summary {
     pub chunks_rejected: u64,
     /// Media bytes received.
     pub bytes_received: u64,
+    /// Of those, the bytes that came straight from the broadcaster (the
+    /// rest came over the overlay).
+    pub bytes_from_broadcaster: u64,
     /// Media bytes per second since joining, in bits.
     pub goodput_bps: u64,
     /// Playback stalls.
@@ -199,6 +206,7 @@ impl Qos {
         let (a, b) = (&mut self.past_relay, stats);
         a.chunks_received += b.chunks_received;
         a.bytes_received += b.bytes_received;
+        a.bytes_from_source += b.bytes_from_source;
         a.duplicates += b.duplicates;
         a.rejected += b.rejected;
         a.delivered += b.delivered;
@@ -227,6 +235,7 @@ impl Qos {
         let stats = &RelayStats {
             chunks_received: self.past_relay.chunks_received + current.chunks_received,
             bytes_received: self.past_relay.bytes_received + current.bytes_received,
+            bytes_from_source: self.past_relay.bytes_from_source + current.bytes_from_source,
             duplicates: self.past_relay.duplicates + current.duplicates,
             rejected: self.past_relay.rejected + current.rejected,
             upstream_changes: self.past_relay.upstream_changes + current.upstream_changes,
@@ -244,6 +253,7 @@ impl Qos {
             chunks_verified: self.past_verified + verified,
             chunks_rejected: stats.rejected,
             bytes_received: stats.bytes_received,
+            bytes_from_broadcaster: stats.bytes_from_source,
             goodput_bps: if joined_secs > 0.0 {
                 (stats.bytes_received as f64 * 8.0 / joined_secs) as u64
             } else {
@@ -269,6 +279,13 @@ impl Qos {
 
 /// The `QOS_REPORT` the monitor shows, from a summary.
 fn qos_report(s: &Summary) -> PeerMessage {
+    let ms = |v: f64| {
+        if v.is_finite() {
+            v.clamp(0.0, miostream_protocol::signal::MAX_REPORTED_MS)
+        } else {
+            0.0
+        }
+    };
     PeerMessage::QosReport {
         stalls: s.stalls,
         stall_ms: s.stall_ms,
@@ -276,13 +293,147 @@ fn qos_report(s: &Summary) -> PeerMessage {
         goodput_bps: s.goodput_bps,
         chunks_received: s.chunks_received,
         chunks_rejected: s.chunks_rejected,
-        latency_ms_p50: if s.latency_ms_p50.is_finite() {
-            s.latency_ms_p50
-                .clamp(0.0, miostream_protocol::signal::MAX_REPORTED_MS)
-        } else {
-            0.0
-        },
+        latency_ms_p50: ms(s.latency_ms_p50),
         parent_changes: s.parent_changes,
+        latency_ms_p99: ms(s.latency_ms_p99),
+        bytes_received: s.bytes_received,
+        bytes_from_broadcaster: s.bytes_from_broadcaster,
+    }
+}
+
+/// Where a receiver is: the status line's word and `/metrics`' state.
+pub const STATES: [&str; 5] = ["joining", "waiting", "buffering", "playing", "stalled"];
+
+/// The receiver's `/metrics`, from its latest summary.
+pub fn metrics(s: &Summary, state: &str, players: Option<usize>) -> Scrape {
+    let mut m = Scrape::new();
+    m.gauges(
+        "miostream_receiver_state",
+        "1 for the receiver's current state, 0 for the others",
+        STATES.iter().map(|st| {
+            (
+                vec![("state", (*st).to_owned())],
+                f64::from(u8::from(*st == state)),
+            )
+        }),
+    );
+    m.counter("miostream_receiver_stalls", "Playback stalls", s.stalls);
+    m.counter_f64(
+        "miostream_receiver_stall_seconds",
+        "Time stalled",
+        s.stall_ms as f64 / 1e3,
+    );
+    m.gauge(
+        "miostream_receiver_buffer_seconds",
+        "Media buffered ahead of the play head",
+        s.buffer_ms as f64 / 1e3,
+    );
+    m.gauge(
+        "miostream_receiver_goodput_bytes_per_second",
+        "Media bytes per second since joining",
+        s.goodput_bps as f64 / 8.0,
+    );
+    m.counter(
+        "miostream_receiver_chunks_received",
+        "Chunks received (new, accepted)",
+        s.chunks_received,
+    );
+    m.counter(
+        "miostream_receiver_chunks_verified",
+        "Chunks whose integrity tag was checked",
+        s.chunks_verified,
+    );
+    m.counter(
+        "miostream_receiver_chunks_rejected",
+        "Chunks that failed verification",
+        s.chunks_rejected,
+    );
+    m.counter(
+        "miostream_receiver_bytes_received",
+        "Media bytes received",
+        s.bytes_received,
+    );
+    m.counter(
+        "miostream_receiver_bytes_from_broadcaster",
+        "Media bytes received straight from the broadcaster",
+        s.bytes_from_broadcaster,
+    );
+    m.gauges(
+        "miostream_receiver_latency_seconds",
+        "Broadcaster send to delivery here, over live chunks",
+        [("0.5", s.latency_ms_p50), ("0.99", s.latency_ms_p99)]
+            .map(|(q, ms)| (vec![("quantile", q.to_owned())], ms / 1e3)),
+    );
+    m.counter(
+        "miostream_receiver_parent_changes",
+        "Upstream changes after the first",
+        s.parent_changes,
+    );
+    m.counter(
+        "miostream_receiver_failures",
+        "Failures injected by the supervisor's monitor",
+        s.failures,
+    );
+    m.gauge(
+        "miostream_receiver_players",
+        "Players connected to --serve",
+        players.unwrap_or(0) as f64,
+    );
+    m
+}
+
+/// What `/metrics` shows: the latest summary, state and player count.
+type Figures = (Summary, &'static str, Option<usize>);
+
+/// Serves `/metrics`, `/healthz` and `/readyz` (ready: joined) on
+/// `listener` until `stop` turns true.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    figures: tokio::sync::watch::Receiver<Figures>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use miostream_cli::http::{text, StatusCode};
+    use miostream_cli::metrics::Endpoint;
+    let handler = move |req: miostream_cli::http::HttpRequest, _addr: SocketAddr| {
+        let figures = figures.clone();
+        async move {
+            let (summary, state, players) = figures.borrow().clone();
+            match miostream_cli::metrics::route(&req) {
+                Endpoint::Metrics => {
+                    miostream_cli::metrics::response(&metrics(&summary, state, players))
+                }
+                Endpoint::Health => text(StatusCode::OK, "ok"),
+                Endpoint::Ready if state == "joining" || state == "waiting" => {
+                    text(StatusCode::SERVICE_UNAVAILABLE, state)
+                }
+                Endpoint::Ready => text(StatusCode::OK, "ready"),
+                Endpoint::Refused(r) => r,
+            }
+        }
+    };
+    miostream_cli::http::serve(
+        listener,
+        miostream_cli::http::Limits {
+            max_connections: 16,
+            ..Default::default()
+        },
+        |tcp, _| async move { Some(tcp) },
+        handler,
+        async move {
+            let _ = stop.changed().await;
+        },
+    )
+    .await;
+}
+
+/// The state word: where a receiver is.
+fn state(joined: bool, waiting: bool, started: bool, buffer_ms: u64) -> &'static str {
+    match (joined, waiting, started) {
+        (false, true, _) => "waiting",
+        (false, false, _) => "joining",
+        (true, _, false) => "buffering",
+        (true, _, true) if buffer_ms == 0 => "stalled",
+        (true, _, true) => "playing",
     }
 }
 
@@ -310,16 +461,42 @@ pub async fn run(
         Some(addr) => Some(LiveServer::bind(addr, ServeConfig::default()).await?),
         None => None,
     };
-    run_serving(config, server, shutdown).await
+    let metrics = match config.metrics {
+        Some(addr) => Some(bind_metrics(addr).await?),
+        None => None,
+    };
+    run_serving(config, Bound { server, metrics }, shutdown).await
 }
 
-/// [`run`] with a [`LiveServer`] bound by the caller (e.g. on port 0, to
-/// learn its address first); `config.serve` is ignored.
+/// Binds the `--metrics` listener.
+pub async fn bind_metrics(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot serve metrics on {addr}"))
+}
+
+/// Listeners bound by the caller (e.g. on port 0, to learn their addresses
+/// first).
+#[derive(Default)]
+pub struct Bound {
+    /// The players' [`LiveServer`] (`--serve`).
+    pub server: Option<LiveServer>,
+    /// The `/metrics` listener (`--metrics`, see [`bind_metrics`]).
+    pub metrics: Option<tokio::net::TcpListener>,
+}
+
+/// [`run`] with its listeners bound by the caller; `config.serve` and
+/// `config.metrics` are ignored.
 pub async fn run_serving(
     config: ReceiveConfig,
-    server: Option<LiveServer>,
+    bound: Bound,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Summary> {
+    let Bound { server, metrics } = bound;
+    let (figures_tx, figures_rx) =
+        tokio::sync::watch::channel::<Figures>((Summary::default(), "joining", None));
+    let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
+    let metrics_task = metrics.map(|l| tokio::spawn(serve_metrics(l, figures_rx, metrics_stopped)));
     let bind = match config.bind {
         Some(ip) => ip,
         None => miostream_peer::local_ip_towards(&config.supervisor)
@@ -390,20 +567,16 @@ pub async fn run_serving(
                     // For the supervisor's monitor; dropped while it is unreachable.
                     node.tell_supervisor(qos_report(&s));
                 }
+                let state = state(joined, waiting, qos.playback.started(), s.buffer_ms);
+                let players = out.server.as_ref().map(|srv| *srv.clients().borrow());
                 if config.status && ticks % STATUS_EVERY == 0 && joined {
-                    let state = if !qos.playback.started() {
-                        "joined, buffering"
-                    } else if s.buffer_ms == 0 {
-                        "stalled"
-                    } else {
-                        "playing"
-                    };
-                    let players = out.server.as_ref().map(|srv| *srv.clients().borrow());
-                    eprintln!("{}", status_line(&config.stream, state, &s, players));
+                    let word = if state == "buffering" { "joined, buffering" } else { state };
+                    eprintln!("{}", status_line(&config.stream, word, &s, players));
                 }
                 if ticks % 5 == 0 {
                     info!(chunks = s.chunks_received, rejected = s.chunks_rejected, stalls = s.stalls, stall_ms = s.stall_ms, buffer_ms = s.buffer_ms, upstreams_changed = s.parent_changes, "receiving");
                 }
+                figures_tx.send_replace((s, state, players));
                 ticks += 1;
                 continue;
             }
@@ -548,6 +721,10 @@ pub async fn run_serving(
     let stats = node.stats.borrow().clone();
     let summary = qos.summary(Instant::now(), &stats, verified(&integrity), true);
     node.stop().await;
+    let _ = stop_metrics.send(true);
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
     match ended {
         Ok(()) if qos.joined_at.is_none() => bail!("never joined the stream"),
         Ok(()) => Ok(summary),

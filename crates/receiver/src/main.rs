@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use miostream_media_io::{LiveServer, ServeConfig, STREAM_PATH};
 use miostream_peer::{keygen, ConnectionFlags, PeerPaths, SupervisorClient};
 use miostream_protocol::ComponentType;
-use miostream_receiver::{run_serving as receive, Output, ReceiveConfig};
+use miostream_receiver::{run_serving as receive, Bound, Output, ReceiveConfig};
 
 #[derive(Parser)]
 #[command(
@@ -72,6 +72,11 @@ enum Command {
         /// http://HOST:PORT/stream.webm.
         #[arg(long)]
         serve: Option<std::net::SocketAddr>,
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics (plain
+        /// HTTP; also /healthz and /readyz): state, stalls, goodput, chunks,
+        /// latency, upstream changes, players.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics: Option<std::net::SocketAddr>,
         /// Write the QoS summary JSON here at exit (and rewrite it every
         /// second while running, with "ended": false).
         #[arg(long)]
@@ -223,6 +228,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             stream,
             out,
             serve,
+            metrics,
             summary,
             duration,
             threshold,
@@ -247,6 +253,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 stream,
                 out,
                 serve,
+                metrics,
                 duration: duration.map(Duration::from_secs_f64),
                 threshold,
                 startup: Duration::from_millis(startup_ms),
@@ -267,7 +274,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     None => None,
                 };
-                receive(config, server, shutdown_signal()).await
+                let metrics = match config.metrics {
+                    Some(addr) => {
+                        let listener = miostream_receiver::bind_metrics(addr).await?;
+                        if let Ok(at) = listener.local_addr() {
+                            eprintln!("metrics on http://{at}/metrics");
+                        }
+                        Some(listener)
+                    }
+                    None => None,
+                };
+                receive(config, Bound { server, metrics }, shutdown_signal()).await
             })?;
             match summary {
                 Some(path) => miostream_receiver::write_summary(&path, &result)
@@ -294,6 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 stream: name,
                 out: Output::Discard,
                 serve: None,
+                metrics: None,
                 duration: None,
                 threshold: 1.0,
                 startup: Duration::from_millis(startup_ms),
@@ -404,7 +422,11 @@ async fn watch(
             _ = shutdown_signal() => {}
         }
     };
-    let result = receive(config, Some(server), ended).await;
+    let bound = Bound {
+        server: Some(server),
+        metrics: None,
+    };
+    let result = receive(config, bound, ended).await;
     if let Some(mut c) = child {
         let _ = c.start_kill();
         let _ = c.wait().await;

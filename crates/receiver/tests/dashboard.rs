@@ -20,9 +20,9 @@ use std::time::Duration;
 use miostream_broadcaster::{BroadcastConfig, Input};
 use miostream_peer::Identity;
 use miostream_protocol::{IntegrityMode, TopologyKind};
-use miostream_receiver::{Output, ReceiveConfig, Summary};
-use miostream_test_support::https;
+use miostream_receiver::{Bound, Output, ReceiveConfig, Summary};
 use miostream_test_support::supervisor::{keys, TestSupervisor};
+use miostream_test_support::{https, metrics};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -40,19 +40,27 @@ fn repo() -> PathBuf {
 
 type Running<T> = (oneshot::Sender<()>, JoinHandle<anyhow::Result<T>>);
 
-/// A supervisor, a looping broadcaster ("demo", tree) and three receivers
-/// that rewrite their summaries every second.
+/// A supervisor (with a token-less `/metrics` listener), a looping
+/// broadcaster ("demo", tree) and `n` receivers that rewrite their
+/// summaries every second; the first serves `--metrics`.
 struct Stream {
     sup: TestSupervisor,
     tmp: tempfile::TempDir,
     broadcaster: Running<miostream_broadcaster::BroadcastReport>,
     receivers: Vec<Running<Summary>>,
+    n: usize,
+    /// The first receiver's `/metrics` listener.
+    receiver_metrics: SocketAddr,
 }
 
 impl Stream {
-    async fn start() -> Self {
-        let ids: Vec<usize> = (1..=RECEIVERS).collect();
-        let sup = TestSupervisor::start(&[0], &ids, |_| {}).await;
+    async fn start(n: usize, lab_controls: bool) -> Self {
+        let ids: Vec<usize> = (1..=n).collect();
+        let sup = TestSupervisor::start(&[0], &ids, |c| {
+            c.monitor.lab_controls = lab_controls;
+            c.metrics.listen = "127.0.0.1:0".into();
+        })
+        .await;
         let tmp = tempfile::tempdir().unwrap();
         let local = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let (stop, stopped) = oneshot::channel::<()>();
@@ -78,12 +86,18 @@ impl Stream {
                 let _ = stopped.await;
             })),
         );
+        let metrics = miostream_receiver::bind_metrics((Ipv4Addr::LOCALHOST, 0).into())
+            .await
+            .unwrap();
         let mut s = Self {
             sup,
             tmp,
             broadcaster,
             receivers: Vec::new(),
+            n,
+            receiver_metrics: metrics.local_addr().unwrap(),
         };
+        let mut metrics = Some(metrics);
         // Receivers join once the stream is announced.
         s.state_until("the stream is announced", |st| {
             st["streams"][0]["name"] == "demo"
@@ -98,6 +112,7 @@ impl Stream {
                 stream: "demo".into(),
                 out: Output::Discard,
                 serve: None,
+                metrics: None,
                 duration: None,
                 threshold: 1.0,
                 startup: Duration::from_millis(1000),
@@ -107,9 +122,13 @@ impl Stream {
                 wait: false,
                 status: false,
             };
+            let bound = Bound {
+                server: None,
+                metrics: metrics.take(),
+            };
             s.receivers.push((
                 stop,
-                tokio::spawn(miostream_receiver::run(config, async move {
+                tokio::spawn(miostream_receiver::run_serving(config, bound, async move {
                     let _ = stopped.await;
                 })),
             ));
@@ -170,7 +189,7 @@ impl Stream {
     async fn all_reporting(&self) -> Value {
         self.state_until("every receiver reports chunks", |s| {
             s["streams"][0]["nodes"].as_array().is_some_and(|n| {
-                n.len() == RECEIVERS
+                n.len() == self.n
                     && n.iter()
                         .all(|n| n["qos"]["chunks_received"].as_u64().unwrap_or(0) > 0)
             })
@@ -209,7 +228,7 @@ fn peers(state: &Value) -> HashSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_state_shows_qos_and_an_injected_failure_makes_a_receiver_rejoin() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let s = Stream::start().await;
+    let s = Stream::start(RECEIVERS, true).await;
     let state = s.all_reporting().await;
     let stream = &state["streams"][0];
     assert_eq!(stream["topology"], "tree");
@@ -309,7 +328,8 @@ async fn headless_chromium_shows_the_topology_of_a_running_stream() {
         return;
     }
     let _one = ONE_AT_A_TIME.lock().await;
-    let s = Stream::start().await;
+    // Without lab controls: the page must hide the failure controls.
+    let s = Stream::start(RECEIVERS, false).await;
     let state = s.all_reporting().await;
     let expected = peers(&state);
     let shot = s.tmp.path().join("dashboard.png");
@@ -348,9 +368,153 @@ async fn headless_chromium_shows_the_topology_of_a_running_stream() {
         seen["edges"].as_u64().unwrap() >= RECEIVERS as u64,
         "{seen}"
     );
+    // The per-stream totals and every receiver's address; no controls.
+    assert_eq!(seen["viewers"], RECEIVERS, "{seen}");
+    assert_eq!(seen["controls"], false, "{seen}");
+    let addresses = seen["addresses"].as_array().unwrap();
+    assert_eq!(addresses.len(), RECEIVERS);
+    assert!(
+        addresses
+            .iter()
+            .all(|a| a.as_str().unwrap().starts_with("127.0.0.1:")),
+        "{seen}"
+    );
+    assert!(seen["goodput_bps"].as_f64().unwrap() > 0.0, "{seen}");
     assert!(std::fs::metadata(&shot).unwrap().len() > 1000);
     if let Some(keep) = std::env::var_os("MIOSTREAM_DASHBOARD_PNG") {
         std::fs::copy(&shot, keep).unwrap();
     }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_of_a_running_stream_parse_and_add_up() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = Stream::start(1, false).await;
+    s.all_reporting().await;
+    let at = s.sup.metrics.expect("the supervisor's metrics listener");
+    let stream = [("stream", "demo")];
+
+    // The supervisor's, on the token-less listener: the QoS report is in.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let scrape = loop {
+        let r = https::plain_get(at, "/metrics").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let scrape = metrics::parse(&r.text());
+        let goodput = metrics::find(
+            &scrape,
+            "miostream_stream_goodput_bytes_per_second",
+            &stream,
+        );
+        if goodput.is_some_and(|g| g > 0.0)
+            && metrics::find(&scrape, "miostream_stream_offload_ratio", &stream).is_some()
+        {
+            break scrape;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no QoS in /metrics");
+        tokio::time::sleep(Duration::from_millis(200)).await; // poll interval
+    };
+    let v = |name: &str, labels: &[(&str, &str)]| metrics::sample(&scrape, name, labels);
+    assert_eq!(v("miostream_peers", &[("role", "receiver")]), 1.0);
+    assert_eq!(v("miostream_peers", &[("role", "broadcaster")]), 1.0);
+    assert_eq!(v("miostream_streams", &[]), 1.0);
+    assert!(v("miostream_handshakes_ok_total", &[]) >= 2.0);
+    assert_eq!(v("miostream_stream_viewers", &stream), 1.0);
+    assert!(v("miostream_stream_stalls", &stream) >= 0.0);
+    assert!(v("miostream_stream_stall_seconds", &stream) >= 0.0);
+    // Loopback: well under a second; goodput within reason.
+    let p50 = v(
+        "miostream_stream_latency_seconds",
+        &[("stream", "demo"), ("quantile", "0.5")],
+    );
+    let p99 = v(
+        "miostream_stream_latency_seconds",
+        &[("stream", "demo"), ("quantile", "0.99")],
+    );
+    assert!((0.0..1.0).contains(&p50) && p50 <= p99, "{p50} {p99}");
+    let goodput = v("miostream_stream_goodput_bytes_per_second", &stream);
+    assert!(goodput > 1_000.0 && goodput < 100_000_000.0, "{goodput}");
+    // The only receiver is the broadcaster's child: nothing is offloaded.
+    assert_eq!(v("miostream_stream_offload_ratio", &stream), 0.0);
+    assert_eq!(v("miostream_bad_chunk_reports_total", &[]), 0.0);
+    assert_eq!(v("miostream_ejections_total", &[]), 0.0);
+    // Nothing else on that listener; the monitor wants the token.
+    assert_eq!(https::plain_get(at, "/api/state").await.status, 404);
+    let trust = s.sup.state().trust_dir();
+    let r = https::request(s.monitor(), &trust, "GET", "/metrics", &[], b"").await;
+    assert_eq!(r.status, 401);
+    let bearer = format!("Bearer {}", s.sup.monitor_token());
+    let r = https::request(
+        s.monitor(),
+        &trust,
+        "GET",
+        "/metrics",
+        &[("Authorization", &bearer)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        metrics::sample(&metrics::parse(&r.text()), "miostream_streams", &[]),
+        1.0
+    );
+    // Injection is off without lab_controls.
+    let r = https::request(
+        s.monitor(),
+        &trust,
+        "POST",
+        "/api/inject",
+        &[
+            ("Authorization", &bearer),
+            ("Content-Type", "application/json"),
+        ],
+        br#"{"rate": 1}"#,
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+
+    // The receiver's own --metrics.
+    let at = s.receiver_metrics;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let scrape = loop {
+        let r = https::plain_get(at, "/metrics").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let scrape = metrics::parse(&r.text());
+        let playing = metrics::sample(&scrape, "miostream_receiver_state", &[("state", "playing")]);
+        if playing == 1.0 {
+            break scrape;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never playing");
+        tokio::time::sleep(Duration::from_millis(200)).await; // poll interval
+    };
+    let v = |name: &str, labels: &[(&str, &str)]| metrics::sample(&scrape, name, labels);
+    for state in ["joining", "waiting", "buffering", "stalled"] {
+        assert_eq!(
+            v("miostream_receiver_state", &[("state", state)]),
+            0.0,
+            "{state}"
+        );
+    }
+    let received = v("miostream_receiver_chunks_received_total", &[]);
+    assert!(received > 0.0);
+    assert_eq!(v("miostream_receiver_chunks_verified_total", &[]), received);
+    assert_eq!(v("miostream_receiver_chunks_rejected_total", &[]), 0.0);
+    let bytes = v("miostream_receiver_bytes_received_total", &[]);
+    assert!(bytes > 0.0);
+    assert_eq!(
+        v("miostream_receiver_bytes_from_broadcaster_total", &[]),
+        bytes
+    );
+    assert!(v("miostream_receiver_goodput_bytes_per_second", &[]) > 0.0);
+    assert!(v("miostream_receiver_buffer_seconds", &[]) > 0.0);
+    assert!(v("miostream_receiver_stall_seconds_total", &[]) >= 0.0);
+    assert!(v("miostream_receiver_stalls_total", &[]) >= 0.0);
+    assert_eq!(v("miostream_receiver_parent_changes_total", &[]), 0.0);
+    assert_eq!(v("miostream_receiver_players", &[]), 0.0);
+    let p50 = v("miostream_receiver_latency_seconds", &[("quantile", "0.5")]);
+    assert!((0.0..1.0).contains(&p50), "{p50}");
+    assert_eq!(https::plain_get(at, "/healthz").await.status, 200);
+    assert_eq!(https::plain_get(at, "/readyz").await.status, 200);
+    assert_eq!(https::plain_get(at, "/").await.status, 404);
     s.stop().await;
 }

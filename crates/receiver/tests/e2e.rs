@@ -192,6 +192,7 @@ async fn receivers_play_exactly_the_broadcast_stream_in_each_topology() {
                 stream: "e2e".into(),
                 out: Output::File(out.clone()),
                 serve: None,
+                metrics: None,
                 duration: Some(Duration::from_secs(30)),
                 threshold: 1.0,
                 startup: Duration::from_millis(1000),

@@ -136,6 +136,7 @@ async fn ingest(input: &str, push_url: &str, format: &str, udp: bool, port: u16)
             live_summary: None,
             wait: false,
             status: false,
+            metrics: None,
         },
         std::future::pending(),
     ));

@@ -48,6 +48,9 @@ pub struct RelayStats {
     pub chunks_received: u64,
     /// Their payload bytes.
     pub bytes_received: u64,
+    /// Of those, the bytes that came from a link at depth 0 (the source,
+    /// as its heartbeats say): the rest is what the overlay carried.
+    pub bytes_from_source: u64,
     /// Copies of chunks held already (redundant upstreams, gap fill overlap).
     pub duplicates: u64,
     /// Chunks that failed verification or were malformed.
@@ -484,6 +487,7 @@ impl<V: Verify> Relay<V> {
                 }
             }
             FrameRef::Chunk(chunk) => {
+                let from_source = link.depth == 0;
                 link.fed_at = now;
                 link.renewed = false;
                 let header = chunk.header;
@@ -544,6 +548,9 @@ impl<V: Verify> Relay<V> {
                 }
                 self.stats.chunks_received += 1;
                 self.stats.bytes_received += chunk.payload.len() as u64;
+                if from_source {
+                    self.stats.bytes_from_source += chunk.payload.len() as u64;
+                }
                 self.advance_tail(&header, now);
                 self.forward(Some(from), &frame, now);
                 self.deliver(now);

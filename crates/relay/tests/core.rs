@@ -266,6 +266,26 @@ fn late_copies_replays_and_an_old_init_segment_are_duplicates_never_reports() {
 }
 
 #[test]
+fn bytes_from_the_source_are_counted_apart() {
+    // The parent says it is the source (depth 0), the backup that it is a
+    // receiver (depth 1): only the parent's bytes count as the source's.
+    let mut rig = Rig::new(1, hot());
+    let (a, b) = (rig.parent, rig.backups[0]);
+    rig.from(a, heartbeat(0));
+    rig.from(b, heartbeat(1));
+    rig.from(a, init(0));
+    for seq in 1..=4 {
+        rig.from(if seq % 2 == 0 { a } else { b }, media(seq));
+    }
+    // A copy from the source of what the backup sent first is a duplicate.
+    rig.from(a, media(1));
+    let stats = rig.relay.stats();
+    assert_eq!(stats.chunks_received, 5);
+    assert_eq!(stats.bytes_received, 500);
+    assert_eq!(stats.bytes_from_source, 300);
+}
+
+#[test]
 fn a_forged_chunk_not_accepted_yet_is_reported() {
     let mut rig = Rig::new(1, hot());
     let a = rig.parent;

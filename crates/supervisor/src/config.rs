@@ -31,6 +31,8 @@ pub struct SupervisorConfig {
     pub placement: PlacementSection,
     /// The operators' web dashboard.
     pub monitor: MonitorSection,
+    /// The token-less Prometheus endpoint.
+    pub metrics: MetricsSection,
     /// Logging.
     pub log: LogSection,
 }
@@ -46,6 +48,7 @@ impl Default for SupervisorConfig {
             integrity: IntegritySection::default(),
             placement: PlacementSection::default(),
             monitor: MonitorSection::default(),
+            metrics: MetricsSection::default(),
             log: LogSection::default(),
         }
     }
@@ -220,6 +223,9 @@ pub struct MonitorSection {
     pub listen: String,
     /// Dashboard connections at once.
     pub max_connections: usize,
+    /// Whether operators may inject failures (`POST /api/inject` and the
+    /// dashboard's controls): for a lab, never for an audience.
+    pub lab_controls: bool,
 }
 
 impl Default for MonitorSection {
@@ -227,8 +233,19 @@ impl Default for MonitorSection {
         Self {
             listen: "auto".into(),
             max_connections: 32,
+            lab_controls: false,
         }
     }
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `HOST:PORT` of a plain-HTTP listener serving only `/metrics`,
+    /// `/healthz` and `/readyz`, without a token; empty or `"off"`: none
+    /// (the monitor still serves `/metrics` to token holders).
+    pub listen: String,
 }
 
 impl SupervisorConfig {
@@ -248,6 +265,17 @@ impl SupervisorConfig {
             other => other.parse().map(Some).map_err(|_| {
                 format!("monitor.listen: {other:?} is not \"auto\", \"off\" or HOST:PORT")
             }),
+        }
+    }
+
+    /// Where the token-less `/metrics` listener serves, if anywhere.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, String> {
+        match self.metrics.listen.trim() {
+            "" | "off" => Ok(None),
+            other => other
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("metrics.listen: {other:?} is not \"off\" or HOST:PORT")),
         }
     }
 
@@ -292,6 +320,7 @@ impl SupervisorConfig {
             return Err("monitor.max_connections must be positive".into());
         }
         self.monitor_addr()?;
+        self.metrics_addr()?;
         Ok(())
     }
 }
@@ -336,6 +365,15 @@ mod tests {
         );
         c.monitor.listen = "localhost:9000".into();
         assert!(c.validate().unwrap_err().contains("monitor.listen"));
+        c.monitor.listen = "off".into();
+        assert_eq!(c.metrics_addr().unwrap(), None);
+        c.metrics.listen = "127.0.0.1:9100".into();
+        assert_eq!(
+            c.metrics_addr().unwrap(),
+            Some(SocketAddr::from(([127, 0, 0, 1], 9100)))
+        );
+        c.metrics.listen = "nowhere".into();
+        assert!(c.validate().unwrap_err().contains("metrics.listen"));
     }
 
     #[test]

@@ -233,6 +233,9 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
             chunks_rejected: 0,
             latency_ms_p50: 2.0,
             parent_changes: 0,
+            latency_ms_p99: 6.0,
+            bytes_received: 750_000,
+            bytes_from_broadcaster: 250_000,
         },
     ));
     churn.extend(record(2, 0, true, &PeerMessage::LeaveStream {}));

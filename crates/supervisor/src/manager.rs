@@ -166,6 +166,10 @@ pub struct Manager {
     probe_slots: ProbeSlots,
     /// Operators' labels of keys, shown by the monitor.
     labels: HashMap<KeyFingerprint, String>,
+    /// Bad-chunk reports taken into account, and peers cut out for
+    /// misbehaving, since start (for `/metrics`).
+    bad_chunk_reports: u64,
+    ejections: u64,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> SupervisorMessage {
@@ -186,12 +190,33 @@ impl Manager {
             by_name: HashMap::new(),
             probe_slots: ProbeSlots::default(),
             labels: HashMap::new(),
+            bad_chunk_reports: 0,
+            ejections: 0,
         }
     }
 
     /// The labels of keys (from the authorized list), for the monitor.
     pub fn set_labels(&mut self, labels: HashMap<KeyFingerprint, String>) {
         self.labels = labels;
+    }
+
+    /// Connected peers by role.
+    pub fn peers_by_role(&self) -> Vec<(ComponentType, u64)> {
+        let mut out: Vec<(ComponentType, u64)> = Vec::new();
+        for p in self.peers.values() {
+            match out.iter_mut().find(|(r, _)| *r == p.role) {
+                Some((_, n)) => *n += 1,
+                None => out.push((p.role, 1)),
+            }
+        }
+        out
+    }
+
+    /// Bad-chunk reports taken into account (one per reporter and accused
+    /// within [`REPORT_WINDOW`]) and peers cut out for misbehaving, since
+    /// start.
+    pub fn integrity_counts(&self) -> (u64, u64) {
+        (self.bad_chunk_reports, self.ejections)
     }
 
     /// The instant of the next timer, if any (a probe slot's hold).
@@ -340,6 +365,9 @@ impl Manager {
                 chunks_rejected,
                 latency_ms_p50,
                 parent_changes,
+                latency_ms_p99,
+                bytes_received,
+                bytes_from_broadcaster,
             } => {
                 if let Some(s) = joined.and_then(|id| self.streams.get_mut(&id)) {
                     // The stream's bitrate, smoothed over every receiver's
@@ -364,6 +392,9 @@ impl Manager {
                             chunks_rejected,
                             latency_ms_p50,
                             parent_changes,
+                            latency_ms_p99,
+                            bytes_received,
+                            bytes_from_broadcaster,
                         });
                     }
                 }
@@ -709,6 +740,7 @@ impl Manager {
             return Vec::new(); // once per reporter and accused
         }
         tracing::warn!(reporter = %from, %upstream, seq, reason, feeds_reporter, backed, "bad chunk reported");
+        self.bad_chunk_reports += 1;
         if feeds_reporter && backed {
             reports.push((key, now));
         }
@@ -721,6 +753,7 @@ impl Manager {
                     a.retain(|(p, _)| *p != upstream);
                 }
             }
+            self.ejections += 1;
             return self.cut_off(
                 upstream,
                 ErrorCode::Misbehaving,
@@ -740,6 +773,7 @@ impl Manager {
         }
         accused.push((upstream, now));
         if accused.len() >= MAX_LONE_ACCUSATIONS {
+            self.ejections += 1;
             return self.cut_off(
                 from,
                 ErrorCode::Misbehaving,
@@ -913,6 +947,7 @@ impl Manager {
                                 .get(&peer)
                                 .and_then(|p| self.labels.get(&p.key))
                                 .cloned(),
+                            address: None,
                         })
                     })
                     .collect(),

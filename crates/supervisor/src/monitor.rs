@@ -5,28 +5,32 @@
 //! It is a second listener of the supervisor, with the same TLS
 //! certificate. Every request must carry the token of `DIR/monitor.token`
 //! (`Authorization: Bearer TOKEN`, or the cookie `/login?token=TOKEN` sets).
-//! [`http`] is a small bounded HTTP/1.1 subset with pure routing; [`api`]
-//! the JSON shapes and the injector; the data comes from the hub, which owns
-//! the [`Manager`](crate::manager::Manager).
+//! [`http`] is the pure routing (served by hyper through
+//! `miostream_cli::http`, with its limits); [`api`] the JSON shapes and the
+//! injector; [`metrics`] the Prometheus scrape. The data comes from the hub,
+//! which owns the [`Manager`](crate::manager::Manager). Failure injection
+//! is refused (403) unless `[monitor] lab_controls = true`.
 
 pub mod api;
 pub mod http;
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use miostream_cli::http::{HttpRequest, HttpResponse};
+use miostream_cli::metrics::Endpoint;
 use rand::Rng as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use self::api::{InjectRequest, Injection, MonitorState};
-use self::http::{Action, HttpError, Pages, Response};
+use self::http::{Action, Context, Pages, Response};
+use self::metrics::{Counters, HubFigures};
 use crate::state::MonitorToken;
 
 /// The dashboard and login pages (self-contained: inline script and style).
@@ -35,10 +39,6 @@ pub const PAGES: Pages = Pages {
     login: include_str!("monitor/login.html"),
 };
 
-/// Time allowed to read a request (head and body).
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time allowed to write a response.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for the hub to answer.
 const HUB_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -47,6 +47,8 @@ const HUB_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) enum MonitorQuery {
     /// The state for `GET /api/state`.
     State(oneshot::Sender<MonitorState>),
+    /// The figures for `GET /metrics`.
+    Metrics(oneshot::Sender<HubFigures>),
     /// Apply an injection request; answer with the injector's state.
     Inject(InjectRequest, oneshot::Sender<Injection>),
     /// Answer at once: the hub is alive (readiness, systemd's watchdog).
@@ -60,6 +62,15 @@ pub(crate) struct Monitor {
     pub(crate) token: MonitorToken,
     pub(crate) max_connections: usize,
     pub(crate) tls_timeout: Duration,
+    pub(crate) lab_controls: bool,
+}
+
+/// What the monitor's request handlers share.
+struct Shared {
+    token: MonitorToken,
+    hub: mpsc::Sender<MonitorQuery>,
+    counters: Counters,
+    lab_controls: bool,
 }
 
 impl Monitor {
@@ -67,6 +78,7 @@ impl Monitor {
     pub(crate) async fn run(
         self,
         hub: mpsc::Sender<MonitorQuery>,
+        counters: Counters,
         mut stop: watch::Receiver<bool>,
     ) {
         let Monitor {
@@ -75,143 +87,123 @@ impl Monitor {
             token,
             max_connections,
             tls_timeout,
+            lab_controls,
         } = self;
-        let shared = Arc::new((tls, token, hub, tls_timeout));
-        let permits = Arc::new(Semaphore::new(max_connections));
-        let mut tasks = JoinSet::new();
-        loop {
-            while tasks.try_join_next().is_some() {}
-            let (tcp, addr) = tokio::select! {
-                _ = stop.changed() => break,
-                a = listener.accept() => match a {
-                    Ok(a) => a,
-                    Err(e) => {
-                        warn!("monitor: accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+        let shared = Arc::new(Shared {
+            token,
+            hub,
+            counters,
+            lab_controls,
+        });
+        let upgrade = move |tcp: tokio::net::TcpStream, addr: SocketAddr| {
+            let tls = tls.clone();
+            async move {
+                match timeout(tls_timeout, tls.accept(tcp)).await {
+                    Ok(Ok(s)) => Some(s),
+                    Ok(Err(e)) => {
+                        debug!(%addr, "monitor: TLS handshake failed: {e}");
+                        None
                     }
-                },
-            };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                debug!(%addr, "monitor: connection refused: at the limit");
-                continue;
-            };
-            let shared = shared.clone();
-            tasks.spawn(async move {
-                let (tls, token, hub, tls_timeout) = &*shared;
-                connection(tcp, addr, tls, token, hub, *tls_timeout, permit).await;
-            });
-        }
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
-    }
-}
-
-async fn connection(
-    tcp: TcpStream,
-    addr: SocketAddr,
-    tls: &TlsAcceptor,
-    token: &MonitorToken,
-    hub: &mpsc::Sender<MonitorQuery>,
-    tls_timeout: Duration,
-    _permit: OwnedSemaphorePermit,
-) {
-    let mut stream = match timeout(tls_timeout, tls.accept(tcp)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            debug!(%addr, "monitor: TLS handshake failed: {e}");
-            return;
-        }
-        Err(_) => {
-            debug!(%addr, "monitor: TLS handshake timed out");
-            return;
-        }
-    };
-    let response = match timeout(READ_TIMEOUT, read_request(&mut stream)).await {
-        Err(_) => Response::text(408, "request timeout"),
-        Ok(Err(ReadError::Http(e))) => e.response(),
-        Ok(Err(ReadError::Closed)) => return,
-        Ok(Ok((req, body))) => {
-            // The path only: a /login query holds the token.
-            debug!(%addr, method = %req.method, path = %req.path, "monitor request");
-            let nonce = nonce();
-            match http::route(&req, &body, token, &PAGES, &nonce) {
-                Action::Respond(r) => r,
-                Action::State => match ask(hub, MonitorQuery::State).await {
-                    Some(state) => Response::json(200, to_json(&state)),
-                    None => Response::text(503, "shutting down"),
-                },
-                Action::Ready => match ask(hub, MonitorQuery::Ping).await {
-                    Some(()) => Response::text(200, "ready"),
-                    None => Response::text(503, "not ready"),
-                },
-                Action::Inject(r) => {
-                    info!(%addr, rate = r.rate, distribution = ?r.distribution, seed = ?r.seed, "monitor: failure injection set");
-                    match ask(hub, |tx| MonitorQuery::Inject(r, tx)).await {
-                        Some(inj) => Response::json(200, to_json(&inj)),
-                        None => Response::text(503, "shutting down"),
+                    Err(_) => {
+                        debug!(%addr, "monitor: TLS handshake timed out");
+                        None
                     }
                 }
             }
+        };
+        let handler = move |req: HttpRequest, addr: SocketAddr| {
+            let shared = shared.clone();
+            async move { respond(&req, addr, &shared).await }
+        };
+        miostream_cli::http::serve(
+            listener,
+            http::limits(max_connections),
+            upgrade,
+            handler,
+            async move {
+                let _ = stop.changed().await;
+            },
+        )
+        .await;
+    }
+}
+
+/// Answers one monitor request.
+async fn respond(req: &HttpRequest, addr: SocketAddr, shared: &Shared) -> HttpResponse {
+    // The path only: a /login query holds the token.
+    debug!(%addr, method = %req.method(), path = %req.uri().path(), "monitor request");
+    let nonce = nonce();
+    let cx = Context {
+        token: &shared.token,
+        pages: &PAGES,
+        nonce: &nonce,
+        lab_controls: shared.lab_controls,
+    };
+    let hub = &shared.hub;
+    let response = match http::route(req, &cx) {
+        Action::Respond(r) => r,
+        Action::State => match ask(hub, MonitorQuery::State).await {
+            Some(state) => Response::json(200, to_json(&state)),
+            None => Response::text(503, "shutting down"),
+        },
+        Action::Ready => return ready(hub).await.into_hyper(),
+        Action::Metrics => return scrape(hub, &shared.counters).await,
+        Action::Inject(r) => {
+            info!(%addr, rate = r.rate, distribution = ?r.distribution, seed = ?r.seed, "monitor: failure injection set");
+            match ask(hub, |tx| MonitorQuery::Inject(r, tx)).await {
+                Some(inj) => Response::json(200, to_json(&inj)),
+                None => Response::text(503, "shutting down"),
+            }
         }
     };
-    let _ = timeout(WRITE_TIMEOUT, async {
-        stream.write_all(&response.to_bytes()).await?;
-        stream.shutdown().await
-    })
+    response.into_hyper()
+}
+
+async fn ready(hub: &mpsc::Sender<MonitorQuery>) -> Response {
+    match ask(hub, MonitorQuery::Ping).await {
+        Some(()) => Response::text(200, "ready"),
+        None => Response::text(503, "not ready"),
+    }
+}
+
+async fn scrape(hub: &mpsc::Sender<MonitorQuery>, counters: &Counters) -> HttpResponse {
+    match ask(hub, MonitorQuery::Metrics).await {
+        Some(figures) => miostream_cli::metrics::response(&metrics::scrape(&figures, counters)),
+        None => Response::text(503, "shutting down").into_hyper(),
+    }
+}
+
+/// `[metrics] listen`: plain HTTP, no token, `/metrics`, `/healthz` and
+/// `/readyz` only — nothing there is a secret.
+pub(crate) async fn serve_metrics(
+    listener: TcpListener,
+    hub: mpsc::Sender<MonitorQuery>,
+    counters: Counters,
+    mut stop: watch::Receiver<bool>,
+) {
+    let shared = Arc::new((hub, counters));
+    let handler = move |req: HttpRequest, _addr: SocketAddr| {
+        let shared = shared.clone();
+        async move {
+            let (hub, counters) = &*shared;
+            match miostream_cli::metrics::route(&req) {
+                Endpoint::Metrics => scrape(hub, counters).await,
+                Endpoint::Health => Response::text(200, "ok").into_hyper(),
+                Endpoint::Ready => ready(hub).await.into_hyper(),
+                Endpoint::Refused(r) => r,
+            }
+        }
+    };
+    miostream_cli::http::serve(
+        listener,
+        http::limits(16),
+        |tcp, _| async move { Some(tcp) },
+        handler,
+        async move {
+            let _ = stop.changed().await;
+        },
+    )
     .await;
-}
-
-enum ReadError {
-    Http(HttpError),
-    /// The client went away (or sent nothing).
-    Closed,
-}
-
-/// Reads one request: the head (bounded), then its body (bounded).
-async fn read_request<S: AsyncReadExt + Unpin>(
-    stream: &mut S,
-) -> Result<(http::Request, Vec<u8>), ReadError> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
-    let head_end = loop {
-        if let Some(n) = http::head_len(&buf) {
-            break n;
-        }
-        if buf.len() >= http::MAX_HEAD {
-            return Err(ReadError::Http(HttpError::HeadTooLarge));
-        }
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|_| ReadError::Closed)?;
-        if n == 0 {
-            return Err(if buf.is_empty() {
-                ReadError::Closed
-            } else {
-                ReadError::Http(HttpError::Malformed)
-            });
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let req = http::parse_head(&buf[..head_end]).map_err(ReadError::Http)?;
-    let mut body = buf.split_off(head_end);
-    if body.len() > req.content_length {
-        // A second request pipelined behind this one: not served.
-        body.truncate(req.content_length);
-    }
-    while body.len() < req.content_length {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|_| ReadError::Closed)?;
-        if n == 0 {
-            return Err(ReadError::Http(HttpError::Malformed));
-        }
-        let want = req.content_length - body.len();
-        body.extend_from_slice(&chunk[..n.min(want)]);
-    }
-    Ok((req, body))
 }
 
 async fn ask<T>(
@@ -237,35 +229,6 @@ fn nonce() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn reads_heads_and_bodies_within_bounds() {
-        let text = b"POST /api/inject HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcdEXTRA";
-        let (req, body) = match read_request(&mut &text[..]).await {
-            Ok(r) => r,
-            Err(_) => panic!("not read"),
-        };
-        assert_eq!(req.path, "/api/inject");
-        assert_eq!(body, b"abcd");
-        let big = vec![b'a'; http::MAX_HEAD + 10];
-        assert!(matches!(
-            read_request(&mut &big[..]).await,
-            Err(ReadError::Http(HttpError::HeadTooLarge))
-        ));
-        assert!(matches!(
-            read_request(&mut &b""[..]).await,
-            Err(ReadError::Closed)
-        ));
-        assert!(matches!(
-            read_request(&mut &b"GET / HTTP/1.1\r\n"[..]).await,
-            Err(ReadError::Http(HttpError::Malformed))
-        ));
-        let short = b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc";
-        assert!(matches!(
-            read_request(&mut &short[..]).await,
-            Err(ReadError::Http(HttpError::Malformed))
-        ));
-    }
 
     #[test]
     fn pages_have_their_placeholders() {

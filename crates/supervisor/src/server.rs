@@ -35,6 +35,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::config::SupervisorConfig;
 use crate::manager::{Manager, ManagerConfig, Output, Placement};
 use crate::monitor::api::{Injector, MonitorState};
+use crate::monitor::metrics::{Counters, HubFigures};
 use crate::monitor::{Monitor, MonitorQuery};
 use crate::state::{Authorized, StateDir, StateError};
 
@@ -71,6 +72,8 @@ struct Shared {
     ws_config: WebSocketConfig,
     dir: StateDir,
     authorized: AuthorizedFile,
+    /// Handshake outcomes, for `/metrics`.
+    counters: Counters,
 }
 
 /// The authorized list as last read, and the file's stamp then: re-read
@@ -144,6 +147,7 @@ pub struct Server {
     listener: TcpListener,
     monitor: Option<Monitor>,
     control: Option<tokio::net::UnixListener>,
+    metrics: Option<TcpListener>,
     shared: Arc<Shared>,
 }
 
@@ -179,7 +183,19 @@ impl Server {
                 tls: tls.clone(),
                 max_connections: config.monitor.max_connections,
                 tls_timeout: Duration::from_millis(config.limits.tls_handshake_timeout_ms),
+                lab_controls: config.monitor.lab_controls,
             }),
+            None => None,
+        };
+        let metrics = match config.metrics_addr().map_err(|reason| StateError::Config {
+            path: dir.config_path(),
+            reason,
+        })? {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Bind { addr, source })?,
+            ),
             None => None,
         };
         let limits = &config.limits;
@@ -199,6 +215,7 @@ impl Server {
             listener,
             monitor,
             control,
+            metrics,
             shared: Arc::new(Shared {
                 config,
                 key,
@@ -206,6 +223,7 @@ impl Server {
                 ws_config,
                 dir: dir.clone(),
                 authorized,
+                counters: Counters::default(),
             }),
         })
     }
@@ -224,12 +242,18 @@ impl Server {
             .and_then(|m| m.listener.local_addr().ok())
     }
 
+    /// Where the token-less `/metrics` listener serves, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` completes, then tells every peer and closes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Server {
             listener,
             monitor,
             control,
+            metrics,
             shared,
         } = self;
         let limits = shared.config.limits.clone();
@@ -249,10 +273,22 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let monitor_task = monitor.map(|m| {
             tokio::spawn(
-                m.run(monitor_tx, stop_rx.clone())
+                m.run(monitor_tx.clone(), shared.counters.clone(), stop_rx.clone())
                     .instrument(info_span!("monitor")),
             )
         });
+        let metrics_task = metrics.map(|l| {
+            tokio::spawn(
+                crate::monitor::serve_metrics(
+                    l,
+                    monitor_tx.clone(),
+                    shared.counters.clone(),
+                    stop_rx.clone(),
+                )
+                .instrument(info_span!("metrics")),
+            )
+        });
+        drop(monitor_tx);
         let connections = Arc::new(Semaphore::new(limits.max_connections));
         let unauthenticated = Arc::new(Semaphore::new(limits.max_unauthenticated));
         let mut tasks = JoinSet::new();
@@ -311,8 +347,8 @@ impl Server {
         if drained.is_err() {
             tasks.abort_all();
         }
-        if let Some(m) = monitor_task {
-            let _ = m.await;
+        for task in [monitor_task, metrics_task].into_iter().flatten() {
+            let _ = task.await;
         }
         let _ = hub_task.await;
     }
@@ -465,6 +501,8 @@ enum Outbound {
 enum HubCommand {
     Register {
         id: PeerId,
+        /// Where it connects from (shown by the monitor).
+        addr: Option<SocketAddr>,
         role: ComponentType,
         key: miostream_auth::KeyFingerprint,
         tx: mpsc::Sender<Outbound>,
@@ -496,10 +534,13 @@ struct Hub {
     started: u64,
     /// The generation of the authorized list applied last.
     authorized_generation: u64,
+    /// Where each registered peer connects from.
+    addrs: HashMap<PeerId, SocketAddr>,
     stopping: bool,
     /// The monitor's failure injector, and when it fires next.
     injector: Injector,
     next_injection: Option<Instant>,
+    lab_controls: bool,
 }
 
 impl Hub {
@@ -526,9 +567,11 @@ impl Hub {
             last_seen: HashMap::new(),
             started: crate::state::unix_now(),
             authorized_generation: 0,
+            addrs: HashMap::new(),
             stopping: false,
             injector: Injector::new(),
             next_injection: None,
+            lab_controls: config.monitor.lab_controls,
         }
     }
 
@@ -563,6 +606,7 @@ impl Hub {
             let outputs = match cmd {
                 HubCommand::Register {
                     id,
+                    addr,
                     role,
                     key,
                     tx,
@@ -573,6 +617,9 @@ impl Hub {
                         self.peers.insert(id, tx);
                         self.keys.insert(id, key);
                         self.last_seen.insert(key, crate::state::unix_now());
+                        if let Some(a) = addr {
+                            self.addrs.insert(id, a);
+                        }
                         info!(peer = %id, %role, peers = self.peers.len(), "peer authenticated");
                     }
                     let _ = reply.send(result);
@@ -584,6 +631,7 @@ impl Hub {
                 }
                 HubCommand::Gone { id } => {
                     self.forget(id);
+                    self.addrs.remove(&id);
                     if self.stopping {
                         Vec::new()
                     } else {
@@ -655,6 +703,15 @@ impl Hub {
         }
     }
 
+    /// The manager's view of every stream, with each receiver's address.
+    fn streams_view(&self) -> Vec<crate::monitor::api::StreamView> {
+        let mut streams = self.manager.monitor_view();
+        for n in streams.iter_mut().flat_map(|s| s.nodes.iter_mut()) {
+            n.address = self.addrs.get(&n.peer).map(ToString::to_string);
+        }
+        streams
+    }
+
     /// Answers the monitor.
     fn answer(&mut self, query: MonitorQuery) {
         match query {
@@ -663,8 +720,18 @@ impl Hub {
             }
             MonitorQuery::State(reply) => {
                 let _ = reply.send(MonitorState {
-                    streams: self.manager.monitor_view(),
+                    streams: self.streams_view(),
                     injection: self.injector.view(),
+                    lab_controls: self.lab_controls,
+                });
+            }
+            MonitorQuery::Metrics(reply) => {
+                let (bad_chunk_reports, ejections) = self.manager.integrity_counts();
+                let _ = reply.send(HubFigures {
+                    peers: self.manager.peers_by_role(),
+                    streams: self.streams_view(),
+                    bad_chunk_reports,
+                    ejections,
                 });
             }
             MonitorQuery::Inject(req, reply) => {
@@ -765,19 +832,26 @@ impl Connection {
     ) {
         let limits = &self.shared.config.limits;
         let deadline = Duration::from_millis(limits.tls_handshake_timeout_ms);
+        let counters = &self.shared.counters;
+        let addr = tcp.peer_addr().ok();
         let mut ws = match timeout(deadline, self.accept(tcp)).await {
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => {
                 debug!("TLS/WebSocket handshake failed: {e}");
+                counters.handshake_refused("tls");
                 return;
             }
             Err(_) => {
                 debug!("TLS/WebSocket handshake timed out");
+                counters.handshake_refused("timeout");
                 return;
             }
         };
         let peer = match self.authenticate(&mut ws).await {
-            Ok(Some(peer)) => peer,
+            Ok(Some(peer)) => {
+                counters.handshake_ok();
+                peer
+            }
             Ok(None) => {
                 // Enrolled: the peer connects again to authenticate.
                 let _ = timeout(Duration::from_secs(1), async {
@@ -788,6 +862,7 @@ impl Connection {
                 return;
             }
             Err(Ended(code, reason)) => {
+                counters.handshake_refused(&Counters::reason(code));
                 info!(?code, "authentication failed: {reason}");
                 close_with_error(&mut ws, code, reason).await;
                 return;
@@ -795,7 +870,7 @@ impl Connection {
         };
         drop(auth_permit);
         let span = info_span!("peer", id = %peer.peer_id, role = %peer.role);
-        self.session(ws, peer).instrument(span).await;
+        self.session(ws, peer, addr).instrument(span).await;
     }
 
     async fn accept(&self, tcp: TcpStream) -> Result<Ws, String> {
@@ -940,13 +1015,19 @@ impl Connection {
         .await
     }
 
-    async fn session(mut self, mut ws: Ws, peer: miostream_auth::Authenticated) {
+    async fn session(
+        mut self,
+        mut ws: Ws,
+        peer: miostream_auth::Authenticated,
+        addr: Option<SocketAddr>,
+    ) {
         let config = &self.shared.config;
         let id = peer.peer_id;
         let (tx, mut rx) = mpsc::channel(config.limits.send_queue);
         let (reply_tx, reply_rx) = oneshot::channel();
         let register = HubCommand::Register {
             id,
+            addr,
             role: peer.role,
             key: peer.key.fingerprint(),
             tx,

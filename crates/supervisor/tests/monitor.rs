@@ -14,6 +14,7 @@ use miostream_protocol::{
     ComponentType, IntegrityMode, PeerId, PeerMessage, SupervisorMessage, TopologyKind,
 };
 use miostream_test_support::https::{self, HttpResponse};
+use miostream_test_support::metrics::{parse as parse_metrics, sample};
 use miostream_test_support::supervisor::{TestSupervisor, WAIT};
 use serde_json::{json, Value};
 
@@ -101,12 +102,15 @@ fn qos(stalls: u64) -> PeerMessage {
         chunks_rejected: 0,
         latency_ms_p50: 12.25,
         parent_changes: 0,
+        latency_ms_p99: 30.5,
+        bytes_received: 4000,
+        bytes_from_broadcaster: 1000,
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_see_the_overlay_and_qos_and_inject_failures() {
-    let sup = TestSupervisor::start(&[0], &[1, 2, 3], |_| {}).await;
+    let sup = TestSupervisor::start(&[0], &[1, 2, 3], |c| c.monitor.lab_controls = true).await;
     let m = Monitor::of(&sup);
 
     let mut b = sup.connect(0, ComponentType::Broadcaster).await.unwrap();
@@ -166,13 +170,63 @@ async fn operators_see_the_overlay_and_qos_and_inject_failures() {
     assert_eq!(
         nodes[0]["qos"],
         json!({"stalls":2,"stall_ms":120,"buffer_ms":1500,"goodput_bps":1000000,
-               "chunks_received":42,"chunks_rejected":0,"latency_ms_p50":12.25,"parent_changes":0})
+               "chunks_received":42,"chunks_rejected":0,"latency_ms_p50":12.25,"parent_changes":0,
+               "latency_ms_p99":30.5,"bytes_received":4000,"bytes_from_broadcaster":1000})
     );
     assert!(nodes[1]["qos"].is_null());
     assert_eq!(
         state["injection"],
         json!({"running":false,"rate":0.0,"distribution":"uniform","injected":0})
     );
+    assert_eq!(state["lab_controls"], true);
+
+    // The same figures in /metrics, for token holders.
+    let bearer = format!("Bearer {}", m.token);
+    let r = m.get("/metrics", &[("Authorization", &bearer)]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let scrape = parse_metrics(&r.text());
+    let stream = [("stream", "demo")];
+    assert_eq!(
+        sample(&scrape, "miostream_peers", &[("role", "receiver")]),
+        3.0
+    );
+    assert_eq!(
+        sample(&scrape, "miostream_peers", &[("role", "broadcaster")]),
+        1.0
+    );
+    assert_eq!(sample(&scrape, "miostream_streams", &[]), 1.0);
+    assert_eq!(sample(&scrape, "miostream_handshakes_ok_total", &[]), 4.0);
+    assert_eq!(sample(&scrape, "miostream_stream_viewers", &stream), 3.0);
+    assert_eq!(sample(&scrape, "miostream_stream_stalls", &stream), 2.0);
+    assert_eq!(
+        sample(&scrape, "miostream_stream_stall_seconds", &stream),
+        0.12
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "miostream_stream_goodput_bytes_per_second",
+            &stream
+        ),
+        125_000.0
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "miostream_stream_latency_seconds",
+            &[("stream", "demo"), ("quantile", "0.5")]
+        ),
+        0.01225
+    );
+    assert_eq!(
+        sample(&scrape, "miostream_stream_offload_ratio", &stream),
+        0.75
+    );
+    assert_eq!(sample(&scrape, "miostream_ejections_total", &[]), 0.0);
 
     // Inject: some receiver is told INJECT_FAILURE.
     let r = m
@@ -225,7 +279,7 @@ async fn operators_see_the_overlay_and_qos_and_inject_failures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_token_holders_get_in_and_bad_requests_get_4xx() {
-    let sup = TestSupervisor::start(&[0], &[1], |_| {}).await;
+    let sup = TestSupervisor::start(&[0], &[1], |c| c.monitor.lab_controls = true).await;
     let m = Monitor::of(&sup);
 
     // Health and readiness need no token, and show nothing else.
@@ -267,7 +321,7 @@ async fn only_token_holders_get_in_and_bad_requests_get_4xx() {
     assert_eq!(m.get("/api/state", &[("Cookie", &pair)]).await.status, 200);
     assert_eq!(
         m.state().await,
-        json!({"streams":[],"injection":{"running":false,"rate":0.0,"distribution":"uniform","injected":0}})
+        json!({"streams":[],"injection":{"running":false,"rate":0.0,"distribution":"uniform","injected":0},"lab_controls":true})
     );
 
     // Bad input: 4xx, and the server keeps serving.
@@ -292,11 +346,18 @@ async fn only_token_holders_get_in_and_bad_requests_get_4xx() {
         https::parse(&https::raw(m.addr, &m.trust, body).await).status,
         413
     );
-    let chunked = b"POST /api/inject HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let mut chunked =
+        b"POST /api/inject HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2000\r\n".to_vec();
+    chunked.extend(std::iter::repeat_n(b'a', 0x2000));
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
     assert_eq!(
-        https::parse(&https::raw(m.addr, &m.trust, chunked).await).status,
-        501
+        https::parse(&https::raw(m.addr, &m.trust, &chunked).await).status,
+        413
     );
+    // /metrics wants the token too.
+    let r = m.get("/metrics", &[]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
     m.state().await;
 
     // The token is the one `init` wrote to DIR/monitor.token.
@@ -306,6 +367,86 @@ async fn only_token_holders_get_in_and_bad_requests_get_4xx() {
         m.token
     );
     assert!(m.token.len() == 64 && m.token.bytes().all(|b| b.is_ascii_hexdigit()));
+    sup.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injection_is_refused_unless_lab_controls_are_on() {
+    let sup = TestSupervisor::start(&[0], &[1], |_| {}).await;
+    let m = Monitor::of(&sup);
+    let r = m.inject(json!({"rate": 1})).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("lab_controls = true"));
+    let state = m.state().await;
+    assert_eq!(state["lab_controls"], false);
+    assert_eq!(state["injection"]["running"], false);
+    sup.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_listener_serves_metrics_and_probes_only_without_a_token() {
+    let sup = TestSupervisor::start(&[0], &[1], |c| {
+        c.metrics.listen = "127.0.0.1:0".into();
+    })
+    .await;
+    let addr = sup.metrics.expect("a metrics listener");
+    let _r = sup.connect(1, ComponentType::Receiver).await.unwrap();
+    // The hub registers the peer just after its handshake: poll (bounded).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (r, scrape) = loop {
+        let r = https::plain_get(addr, "/metrics").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let scrape = parse_metrics(&r.text());
+        if sample(&scrape, "miostream_peers", &[("role", "receiver")]) == 1.0 {
+            break (r, scrape);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never registered");
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(
+        sample(&scrape, "miostream_peers", &[("role", "broadcaster")]),
+        0.0
+    );
+    assert_eq!(sample(&scrape, "miostream_streams", &[]), 0.0);
+    assert_eq!(sample(&scrape, "miostream_handshakes_ok_total", &[]), 1.0);
+    assert_eq!(https::plain_get(addr, "/healthz").await.status, 200);
+    assert_eq!(https::plain_get(addr, "/readyz").await.status, 200);
+    // Nothing else: not the dashboard, the state, the login or the token.
+    let token = sup.monitor_token();
+    for path in [
+        "/",
+        "/api/state",
+        &format!("/login?token={token}"),
+        "/api/inject",
+    ] {
+        let r = https::plain_get(addr, path).await;
+        assert_eq!(r.status, 404, "{path}");
+        assert!(!r.text().contains(&token));
+    }
+    assert!(!r.text().contains(&token));
+    // An unknown key is refused, and counted by reason.
+    let refused = sup.connect(7, ComponentType::Receiver).await;
+    assert!(refused.is_err());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let scrape = parse_metrics(&https::plain_get(addr, "/metrics").await.text());
+        let refused = |reason| {
+            miostream_test_support::metrics::find(
+                &scrape,
+                "miostream_handshakes_refused_total",
+                &[("reason", reason)],
+            )
+        };
+        if let Some(n) = refused("unknown_key") {
+            assert_eq!(n, 1.0);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never counted");
+        tokio::task::yield_now().await;
+    }
     sup.stop().await;
 }
 

@@ -125,3 +125,18 @@ pub async fn request(
     bytes.extend_from_slice(body);
     parse(&raw(addr, trust_dir, &bytes).await)
 }
+
+/// `GET path` over plain HTTP (the `/metrics` listeners).
+pub async fn plain_get(addr: SocketAddr, path: &str) -> HttpResponse {
+    let text = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let out = tokio::time::timeout(WAIT, async {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(text.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tcp.read_to_end(&mut out).await;
+        out
+    })
+    .await
+    .expect("an answer in time");
+    parse(&out)
+}

@@ -1,8 +1,9 @@
 //! Helpers that let end-to-end tests read as scenarios. Test-only.
 //!
 //! [`supervisor::TestSupervisor`] runs a real supervisor on loopback (and
-//! its monitor; [`https`] talks to it); [`fake::FakeSupervisor`] is one
-//! whose every message a peer's test writes itself.
+//! its monitor; [`https`] talks to it; [`metrics`] reads its `/metrics`);
+//! [`fake::FakeSupervisor`] is one whose every message a peer's test
+//! writes itself.
 //!
 //! [`LanHost`] gives a test its own "LAN machine": a network namespace joined
 //! to the test's namespace by a veth pair on a private /30 from the
@@ -15,6 +16,7 @@
 
 pub mod fake;
 pub mod https;
+pub mod metrics;
 pub mod supervisor;
 
 use std::net::Ipv4Addr;

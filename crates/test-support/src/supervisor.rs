@@ -38,6 +38,8 @@ pub struct TestSupervisor {
     pub trust: Trust,
     /// Where its monitor (HTTPS dashboard) listens, unless a tweak turned it off.
     pub monitor: Option<std::net::SocketAddr>,
+    /// Where its token-less `/metrics` listener is, if a tweak set one.
+    pub metrics: Option<std::net::SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -88,6 +90,7 @@ impl TestSupervisor {
         let server = Server::bind(&state, config).await.unwrap();
         let addr = server.local_addr();
         let monitor = server.monitor_addr();
+        let metrics = server.metrics_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
             let _ = stopped.await;
@@ -96,6 +99,7 @@ impl TestSupervisor {
             trust: Trust::load(&state.trust_dir()).unwrap(),
             url: format!("wss://{}", addr).parse().unwrap(),
             monitor,
+            metrics,
             dir,
             stop: Some(stop),
             task: Some(task),
@@ -183,6 +187,9 @@ impl TestSupervisor {
             Some(addr) => addr.to_string(),
             None => "off".into(),
         };
+        if let Some(addr) = self.metrics {
+            config.metrics.listen = addr.to_string();
+        }
         let server = Server::bind(&state, config).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         self.task = Some(tokio::spawn(server.run(async move {

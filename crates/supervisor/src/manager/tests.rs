@@ -320,10 +320,19 @@ fn a_relay_is_cut_out_on_reports_from_two_distinct_peers_never_the_broadcaster()
     for _ in 0..5 {
         assert!(!cut(&f.send(c1, report(&f, relay)), relay));
     }
+    // Counted once per reporter and accused (the repeats are not).
+    assert_eq!(f.m.integrity_counts(), (1, 0));
     // A second child backs it up: the relay is cut out.
     let out = f.send(c2, report(&f, relay));
     assert!(cut(&out, relay), "{out:?}");
+    assert_eq!(f.m.integrity_counts(), (2, 1));
     assert_eq!(f.m.streams()[0].receivers, 5);
+    let roles = f.m.peers_by_role();
+    assert!(
+        roles.contains(&(ComponentType::Broadcaster, 1)),
+        "{roles:?}"
+    );
+    assert!(roles.contains(&(ComponentType::Receiver, 5)), "{roles:?}");
     assert!(f.m.peers.contains_key(&c1) && f.m.peers.contains_key(&c2));
 }
 
@@ -554,6 +563,9 @@ fn qos_report(stalls: u64) -> PeerMessage {
         chunks_rejected: 0,
         latency_ms_p50: 20.5,
         parent_changes: 1,
+        latency_ms_p99: 30.5,
+        bytes_received: 1000,
+        bytes_from_broadcaster: 400,
     }
 }
 

@@ -30,6 +30,15 @@ pub struct Qos {
     pub latency_ms_p50: f64,
     /// Upstream changes after the first.
     pub parent_changes: u64,
+    /// Broadcaster → receiver latency, 99th percentile (ms).
+    #[serde(default)]
+    pub latency_ms_p99: f64,
+    /// Media bytes received.
+    #[serde(default)]
+    pub bytes_received: u64,
+    /// Of those, straight from the broadcaster.
+    #[serde(default)]
+    pub bytes_from_broadcaster: u64,
 }
 
 /// One receiver in its stream's overlay.
@@ -57,6 +66,9 @@ pub struct NodeView {
     /// Its key's label in the authorized list, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// Where it connects to the supervisor from (`IP:PORT`), if known.
+    #[serde(default)]
+    pub address: Option<String>,
 }
 
 /// One stream.
@@ -103,6 +115,9 @@ pub struct MonitorState {
     pub streams: Vec<StreamView>,
     /// The injector.
     pub injection: Injection,
+    /// Whether failure injection is allowed (`[monitor] lab_controls`):
+    /// the dashboard shows its controls only then.
+    pub lab_controls: bool,
 }
 
 /// Highest injection rate accepted (failures per second per stream).

@@ -1,7 +1,12 @@
-//! A deliberately small HTTP/1.1 subset for the monitor: one request per
-//! connection (`Connection: close`), a bounded head, a bounded
-//! `Content-Length` body (no chunked uploads), and pure request routing.
-//! Bad input is a 4xx response, never a panic.
+//! The monitor's HTTP layer: the pure request routing (a request with its
+//! whole body in, an [`Action`] out) and the responses with their security
+//! headers. The transport — hyper, with the head, body, time and connection
+//! limits — is `miostream_cli::http`'s; bad input is a 4xx, never a panic.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderName, HeaderValue};
+use miostream_cli::http::{HttpRequest, HttpResponse, Limits};
 
 use crate::monitor::api::InjectRequest;
 use crate::state::MonitorToken;
@@ -15,156 +20,18 @@ pub const MAX_HEADERS: usize = 64;
 /// The session cookie's name.
 pub const COOKIE: &str = "miostream_monitor";
 
-/// A request head that is not acceptable: the status to answer with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HttpError {
-    /// 400: not HTTP as we speak it.
-    Malformed,
-    /// 413: a body above [`MAX_BODY`].
-    BodyTooLarge,
-    /// 431: a head above [`MAX_HEAD`] or too many headers.
-    HeadTooLarge,
-    /// 501: a transfer encoding (chunked bodies are not supported).
-    NotImplemented,
-    /// 505: not HTTP/1.0 or 1.1.
-    Version,
-}
-
-impl HttpError {
-    /// The response for it.
-    pub fn response(self) -> Response {
-        let (status, text) = match self {
-            Self::Malformed => (400, "malformed request"),
-            Self::BodyTooLarge => (413, "request body too large"),
-            Self::HeadTooLarge => (431, "request head too large"),
-            Self::NotImplemented => (501, "transfer encodings are not supported"),
-            Self::Version => (505, "HTTP/1.1 only"),
-        };
-        Response::text(status, text)
+/// The monitor's transport limits (the connection cap is the config's).
+pub fn limits(max_connections: usize) -> Limits {
+    Limits {
+        max_connections,
+        max_head: MAX_HEAD,
+        max_headers: MAX_HEADERS,
+        max_body: MAX_BODY,
+        ..Limits::default()
     }
 }
 
-/// A parsed request head.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
-    /// `GET`, `POST`, ...
-    pub method: String,
-    /// The path, without the query.
-    pub path: String,
-    /// The query (after `?`), if any.
-    pub query: Option<String>,
-    /// Header names (lower case) and values (trimmed).
-    pub headers: Vec<(String, String)>,
-    /// The body's length.
-    pub content_length: usize,
-}
-
-impl Request {
-    /// Values of header `name` (lower case).
-    pub fn header<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers
-            .iter()
-            .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// A query parameter (no percent-decoding: tokens need none).
-    pub fn query_param(&self, name: &str) -> Option<&str> {
-        self.query
-            .as_deref()?
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v)
-    }
-}
-
-/// The length of the head in `buf` (through the blank line), once complete.
-pub fn head_len(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
-}
-
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// Parses a complete head (as delimited by [`head_len`]).
-pub fn parse_head(head: &[u8]) -> Result<Request, HttpError> {
-    if head.len() > MAX_HEAD {
-        return Err(HttpError::HeadTooLarge);
-    }
-    let text = std::str::from_utf8(head).map_err(|_| HttpError::Malformed)?;
-    let text = text.strip_suffix("\r\n\r\n").ok_or(HttpError::Malformed)?;
-    let mut lines = text.split("\r\n");
-    let request_line = lines.next().ok_or(HttpError::Malformed)?;
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(HttpError::Malformed);
-    };
-    if !is_token(method)
-        || !target.starts_with('/')
-        || target.bytes().any(|b| b <= b' ' || b >= 0x7f)
-    {
-        return Err(HttpError::Malformed);
-    }
-    if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return Err(if version.starts_with("HTTP/") {
-            HttpError::Version
-        } else {
-            HttpError::Malformed
-        });
-    }
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q.to_owned())),
-        None => (target, None),
-    };
-    let mut headers = Vec::new();
-    let mut content_length: Option<usize> = None;
-    for line in lines {
-        if headers.len() == MAX_HEADERS {
-            return Err(HttpError::HeadTooLarge);
-        }
-        // No obsolete line folding, no control characters.
-        let (name, value) = line.split_once(':').ok_or(HttpError::Malformed)?;
-        if !is_token(name) || value.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f) {
-            return Err(HttpError::Malformed);
-        }
-        let name = name.to_ascii_lowercase();
-        let value = value.trim_matches([' ', '\t']).to_owned();
-        match name.as_str() {
-            "content-length" => {
-                let n: usize = value
-                    .parse()
-                    .ok()
-                    .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
-                    .ok_or(HttpError::Malformed)?;
-                if content_length.replace(n).is_some_and(|m| m != n) {
-                    return Err(HttpError::Malformed);
-                }
-            }
-            "transfer-encoding" => return Err(HttpError::NotImplemented),
-            _ => {}
-        }
-        headers.push((name, value));
-    }
-    let content_length = content_length.unwrap_or(0);
-    if content_length > MAX_BODY {
-        return Err(HttpError::BodyTooLarge);
-    }
-    Ok(Request {
-        method: method.to_owned(),
-        path: path.to_owned(),
-        query,
-        headers,
-        content_length,
-    })
-}
-
-/// A response (always `Connection: close`).
+/// A response, before the headers every answer carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     /// Status code.
@@ -175,25 +42,6 @@ pub struct Response {
     pub headers: Vec<(&'static str, String)>,
     /// Body.
     pub body: Vec<u8>,
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        303 => "See Other",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        413 => "Content Too Large",
-        415 => "Unsupported Media Type",
-        431 => "Request Header Fields Too Large",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        505 => "HTTP Version Not Supported",
-        _ => "",
-    }
 }
 
 impl Response {
@@ -229,49 +77,77 @@ impl Response {
         Self {
             status,
             content_type: "text/html; charset=utf-8",
-            headers: vec![("Content-Security-Policy", csp)],
+            headers: vec![("content-security-policy", csp)],
             body: page.replace("{{NONCE}}", nonce).into_bytes(),
         }
     }
 
+    /// Adds a header (`name` in lower case).
     fn with(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
         self
     }
 
-    /// The bytes on the wire.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut head = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\
-             Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\
-             X-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\n",
-            self.status,
-            reason(self.status),
-            self.content_type,
-            self.body.len()
-        );
-        for (name, value) in &self.headers {
-            head.push_str(name);
-            head.push_str(": ");
-            head.push_str(value);
-            head.push_str("\r\n");
+    /// The hyper response, with the headers every answer carries: no
+    /// caching, no sniffing, no framing, no referrer; one request per
+    /// connection.
+    pub fn into_hyper(self) -> HttpResponse {
+        let mut r = hyper::Response::new(Full::new(Bytes::from(self.body)));
+        *r.status_mut() = hyper::StatusCode::from_u16(self.status)
+            .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+        let h = r.headers_mut();
+        let fixed = [
+            ("content-type", self.content_type),
+            ("connection", "close"),
+            ("cache-control", "no-store"),
+            ("x-content-type-options", "nosniff"),
+            ("x-frame-options", "DENY"),
+            ("referrer-policy", "no-referrer"),
+        ];
+        for (name, value) in fixed {
+            h.insert(name, HeaderValue::from_static(value));
         }
-        head.push_str("\r\n");
-        let mut out = head.into_bytes();
-        out.extend_from_slice(&self.body);
-        out
+        for (name, value) in self.headers {
+            // Our own names and values: a bad one is a bug, left out rather
+            // than sent (never a panic).
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                h.append(n, v);
+            }
+        }
+        r
     }
+}
+
+/// Values of header `name`, as text (values that are not are skipped).
+fn header<'a>(req: &'a HttpRequest, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    req.headers()
+        .get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+}
+
+/// A query parameter (no percent-decoding: tokens need none).
+fn query_param<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.uri()
+        .query()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 /// Whether the request carries the token (`Authorization: Bearer TOKEN` or
 /// the session cookie), compared in constant time.
-pub fn authorized(req: &Request, token: &MonitorToken) -> bool {
-    let bearer = req.header("authorization").any(|v| {
+pub fn authorized(req: &HttpRequest, token: &MonitorToken) -> bool {
+    let bearer = header(req, "authorization").any(|v| {
         v.split_once(' ').is_some_and(|(scheme, cred)| {
             scheme.eq_ignore_ascii_case("bearer") && token.matches(cred.trim().as_bytes())
         })
     });
-    let cookie = req.header("cookie").any(|v| {
+    let cookie = header(req, "cookie").any(|v| {
         v.split(';')
             .filter_map(|c| c.trim().split_once('='))
             .any(|(name, value)| name == COOKIE && token.matches(value.as_bytes()))
@@ -290,6 +166,8 @@ pub enum Action {
     Inject(InjectRequest),
     /// `GET /readyz`: 200 if the hub answers, 503 if not.
     Ready,
+    /// `GET /metrics`: the Prometheus scrape.
+    Metrics,
 }
 
 /// The pages, with `{{NONCE}}` where the CSP nonce goes.
@@ -305,36 +183,48 @@ fn login_page(pages: &Pages, status: u16, message: &str, nonce: &str) -> Respons
 }
 
 fn method_not_allowed(allow: &'static str) -> Response {
-    Response::text(405, "method not allowed").with("Allow", allow)
+    Response::text(405, "method not allowed").with("allow", allow)
 }
 
+/// What [`route`] needs besides the request.
+pub struct Context<'a> {
+    /// The operators' token.
+    pub token: &'a MonitorToken,
+    /// The pages.
+    pub pages: &'a Pages,
+    /// This response's CSP nonce.
+    pub nonce: &'a str,
+    /// `[monitor] lab_controls`: whether failure injection is allowed.
+    pub lab_controls: bool,
+}
+
+/// The refusal of `POST /api/inject` while `lab_controls` is off.
+pub const INJECTION_OFF: &str =
+    "failure injection is off: set lab_controls = true in [monitor] of the supervisor's config.toml";
+
 /// Routes a request: pure, so every path is unit-tested.
-pub fn route(
-    req: &Request,
-    body: &[u8],
-    token: &MonitorToken,
-    pages: &Pages,
-    nonce: &str,
-) -> Action {
+pub fn route(req: &HttpRequest, cx: &Context<'_>) -> Action {
+    let (token, pages, nonce) = (cx.token, cx.pages, cx.nonce);
     let authed = authorized(req, token);
-    let get = req.method == "GET";
+    let method = req.method().as_str();
+    let get = method == "GET";
     let unauthorized_json = || {
         Action::Respond(
             Response::json(401, r#"{"error":"unauthorized"}"#.into())
-                .with("WWW-Authenticate", "Bearer"),
+                .with("www-authenticate", "Bearer"),
         )
     };
-    match req.path.as_str() {
+    match req.uri().path() {
         // Probes for a load balancer or an orchestrator: no token, no
         // secrets. Alive: the process serves HTTP; ready: its hub answers.
         "/healthz" | "/readyz" if !get => Action::Respond(method_not_allowed("GET")),
         "/healthz" => Action::Respond(Response::text(200, "ok")),
         "/readyz" => Action::Ready,
         "/login" if !get => Action::Respond(method_not_allowed("GET")),
-        "/login" => match req.query_param("token") {
+        "/login" => match query_param(req, "token") {
             Some(t) if token.matches(t.as_bytes()) => {
-                Action::Respond(Response::text(303, "logged in").with("Location", "/").with(
-                    "Set-Cookie",
+                Action::Respond(Response::text(303, "logged in").with("location", "/").with(
+                    "set-cookie",
                     format!("{COOKIE}={t}; Path=/; HttpOnly; Secure; SameSite=Strict"),
                 ))
             }
@@ -347,12 +237,19 @@ pub fn route(
         "/api/state" if !get => Action::Respond(method_not_allowed("GET")),
         "/api/state" if !authed => unauthorized_json(),
         "/api/state" => Action::State,
-        "/api/inject" if req.method != "POST" => Action::Respond(method_not_allowed("POST")),
+        "/metrics" if !get => Action::Respond(method_not_allowed("GET")),
+        "/metrics" if !authed => unauthorized_json(),
+        "/metrics" => Action::Metrics,
+        "/api/inject" if method != "POST" => Action::Respond(method_not_allowed("POST")),
         "/api/inject" if !authed => unauthorized_json(),
+        "/api/inject" if !cx.lab_controls => Action::Respond(Response::json(
+            403,
+            serde_json::json!({ "error": INJECTION_OFF }).to_string(),
+        )),
         "/api/inject" => {
             // A cross-site form cannot send JSON without a CORS preflight,
             // which we never answer; SameSite=Strict is the first guard.
-            let json = req.header("content-type").any(|v| {
+            let json = header(req, "content-type").any(|v| {
                 v.split(';')
                     .next()
                     .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
@@ -360,7 +257,7 @@ pub fn route(
             if !json {
                 return Action::Respond(Response::text(415, "send application/json"));
             }
-            match InjectRequest::parse(body) {
+            match InjectRequest::parse(req.body()) {
                 Ok(r) => Action::Inject(r),
                 Err(e) => Action::Respond(Response::json(
                     400,
@@ -386,14 +283,33 @@ mod tests {
         MonitorToken::parse(TOKEN).unwrap()
     }
 
-    fn req(text: &str) -> Result<Request, HttpError> {
-        let bytes = text.as_bytes();
-        let n = head_len(bytes).ok_or(HttpError::Malformed)?;
-        parse_head(&bytes[..n])
+    /// A request from its head's text (well-formed: hyper parsed it).
+    fn req(text: &str, body: &[u8]) -> HttpRequest {
+        let mut lines = text.trim_end().split("\r\n");
+        let mut first = lines.next().unwrap().split(' ');
+        let mut b = hyper::Request::builder()
+            .method(first.next().unwrap())
+            .uri(first.next().unwrap());
+        for line in lines {
+            let (name, value) = line.split_once(':').unwrap();
+            b = b.header(name, value.trim());
+        }
+        b.body(Bytes::copy_from_slice(body)).unwrap()
+    }
+
+    fn go_with(text: &str, body: &[u8], lab_controls: bool) -> Action {
+        let token = token();
+        let cx = Context {
+            token: &token,
+            pages: &PAGES,
+            nonce: "N0NCE",
+            lab_controls,
+        };
+        route(&req(text, body), &cx)
     }
 
     fn go(text: &str, body: &[u8]) -> Action {
-        route(&req(text).unwrap(), body, &token(), &PAGES, "N0NCE")
+        go_with(text, body, true)
     }
 
     fn status(a: &Action) -> u16 {
@@ -410,95 +326,6 @@ mod tests {
         assert_eq!(go("GET /readyz HTTP/1.1\r\n\r\n", b""), Action::Ready);
         assert_eq!(status(&go("POST /healthz HTTP/1.1\r\n\r\n", b"")), 405);
         assert_eq!(status(&go("POST /readyz HTTP/1.1\r\n\r\n", b"")), 405);
-    }
-
-    #[test]
-    fn parses_a_request() {
-        let r = req("GET /login?token=abc&x=1 HTTP/1.1\r\nHost: a\r\nCookie: a=b\r\nContent-Length: 0\r\n\r\n")
-            .unwrap();
-        assert_eq!(r.method, "GET");
-        assert_eq!(r.path, "/login");
-        assert_eq!(r.query_param("token"), Some("abc"));
-        assert_eq!(r.query_param("x"), Some("1"));
-        assert_eq!(r.query_param("y"), None);
-        assert_eq!(r.header("cookie").collect::<Vec<_>>(), ["a=b"]);
-        assert_eq!(r.content_length, 0);
-        assert_eq!(head_len(b"GET / HTTP/1.1\r\n\r\nbody"), Some(18));
-        assert_eq!(head_len(b"GET / HTTP/1.1\r\n"), None);
-    }
-
-    #[test]
-    fn malformed_heads_are_4xx_or_5xx_never_panics() {
-        let cases: &[(&[u8], HttpError)] = &[
-            (b"\r\n\r\n", HttpError::Malformed),
-            (b"GET\r\n\r\n", HttpError::Malformed),
-            (b"GET / HTTP/1.1 extra\r\n\r\n", HttpError::Malformed),
-            (b"GET  / HTTP/1.1\r\n\r\n", HttpError::Malformed),
-            (b"GET http://x/ HTTP/1.1\r\n\r\n", HttpError::Malformed),
-            (b"G@T / HTTP/1.1\r\n\r\n", HttpError::Malformed),
-            (b"GET / HTTP/2.0\r\n\r\n", HttpError::Version),
-            (b"GET / FTP/1.0\r\n\r\n", HttpError::Malformed),
-            (b"GET / HTTP/1.1\r\nNoColon\r\n\r\n", HttpError::Malformed),
-            (
-                b"GET / HTTP/1.1\r\n folded: x\r\n\r\n",
-                HttpError::Malformed,
-            ),
-            (b"GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n", HttpError::Malformed),
-            (b"GET /\xff HTTP/1.1\r\n\r\n", HttpError::Malformed),
-            (
-                b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-                HttpError::Malformed,
-            ),
-            (
-                b"GET / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
-                HttpError::Malformed,
-            ),
-            (
-                b"GET / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
-                HttpError::Malformed,
-            ),
-            (
-                b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-                HttpError::Malformed,
-            ),
-            (
-                b"POST / HTTP/1.1\r\nContent-Length: 5000\r\n\r\n",
-                HttpError::BodyTooLarge,
-            ),
-            (
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-                HttpError::NotImplemented,
-            ),
-            (b"GET / HTTP/1.1\r\n", HttpError::Malformed),
-        ];
-        for (head, want) in cases {
-            assert_eq!(
-                parse_head(head),
-                Err(*want),
-                "{}",
-                String::from_utf8_lossy(head)
-            );
-            let r = want.response();
-            assert!(r.status >= 400, "{}", r.status);
-        }
-        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: y\r\n")).collect();
-        assert_eq!(
-            req(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
-            Err(HttpError::HeadTooLarge)
-        );
-        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
-        assert_eq!(req(&big), Err(HttpError::HeadTooLarge));
-        // Arbitrary bytes: an error or a request, never a panic.
-        let mut seed = 7u32;
-        for _ in 0..2000 {
-            let mut b: Vec<u8> = b"GET / HTTP/1.1\r\nA: b\r\n\r\n".to_vec();
-            for _ in 0..3 {
-                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                let i = (seed >> 8) as usize % b.len();
-                b[i] = (seed >> 16) as u8;
-            }
-            let _ = parse_head(&b);
-        }
     }
 
     #[test]
@@ -538,7 +365,7 @@ mod tests {
         let Action::Respond(r) = &a else { panic!() };
         assert_eq!(r.status, 401);
         assert!(String::from_utf8_lossy(&r.body).contains("Wrong token."));
-        assert!(!r.headers.iter().any(|(n, _)| *n == "Set-Cookie"));
+        assert!(!r.headers.iter().any(|(n, _)| *n == "set-cookie"));
     }
 
     #[test]
@@ -557,7 +384,7 @@ mod tests {
             let csp = &r
                 .headers
                 .iter()
-                .find(|(n, _)| *n == "Content-Security-Policy")
+                .find(|(n, _)| *n == "content-security-policy")
                 .unwrap()
                 .1;
             assert!(csp.contains("script-src 'nonce-N0NCE'"), "{csp}");
@@ -566,8 +393,8 @@ mod tests {
         let Action::Respond(r) = &a else { panic!() };
         assert_eq!(r.status, 303);
         let header = |n: &str| r.headers.iter().find(|(h, _)| *h == n).unwrap().1.clone();
-        assert_eq!(header("Location"), "/");
-        let cookie = header("Set-Cookie");
+        assert_eq!(header("location"), "/");
+        let cookie = header("set-cookie");
         for part in [
             &format!("{COOKIE}={TOKEN}")[..],
             "HttpOnly",
@@ -577,9 +404,44 @@ mod tests {
         ] {
             assert!(cookie.contains(part), "{cookie}");
         }
-        let bytes = String::from_utf8(r.to_bytes()).unwrap();
-        assert!(bytes.starts_with("HTTP/1.1 303 See Other\r\n"), "{bytes}");
-        assert!(bytes.contains("Connection: close\r\n"));
+        let h = r.clone().into_hyper();
+        assert_eq!(h.status(), 303);
+        for (name, value) in [
+            ("connection", "close"),
+            ("cache-control", "no-store"),
+            ("x-content-type-options", "nosniff"),
+            ("x-frame-options", "DENY"),
+            ("referrer-policy", "no-referrer"),
+            ("location", "/"),
+        ] {
+            assert_eq!(h.headers()[name], value, "{name}");
+        }
+    }
+
+    #[test]
+    fn metrics_need_the_token_and_injection_needs_lab_controls() {
+        let auth = format!("Authorization: Bearer {TOKEN}");
+        assert_eq!(status(&go("GET /metrics HTTP/1.1\r\n\r\n", b"")), 401);
+        assert_eq!(
+            go(&format!("GET /metrics HTTP/1.1\r\n{auth}\r\n\r\n"), b""),
+            Action::Metrics
+        );
+        let inject = format!(
+            "POST /api/inject HTTP/1.1\r\n{auth}\r\nContent-Type: application/json\r\n\r\n"
+        );
+        let a = go_with(&inject, br#"{"rate": 1}"#, false);
+        let Action::Respond(r) = &a else {
+            panic!("{a:?}")
+        };
+        assert_eq!(r.status, 403);
+        assert!(String::from_utf8_lossy(&r.body).contains("lab_controls = true"));
+        assert!(matches!(
+            go_with(&inject, br#"{"rate": 1}"#, true),
+            Action::Inject(_)
+        ));
+        // Without the token it is still 401, not a hint that controls exist.
+        let anon = "POST /api/inject HTTP/1.1\r\nContent-Type: application/json\r\n\r\n";
+        assert_eq!(status(&go_with(anon, br#"{"rate": 1}"#, false)), 401);
     }
 
     #[test]
