@@ -116,7 +116,10 @@ async fn a_receiver_on_another_host_lists_streams_over_tls() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("lan-cam\ttree topology"), "{stdout}");
+    assert!(
+        stdout.starts_with("lan-cam\t") && stdout.contains("\ttree topology\t"),
+        "{stdout}"
+    );
 
     // An unauthorized key on that host is refused with a one-line reason.
     let stranger = tmp.path().join("stranger");
